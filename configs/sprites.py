@@ -1,0 +1,54 @@
+"""Sprite diffusion presets. Pick one after the colon:
+
+  python launch.py --config=configs/sprites.py:smoke   # < 1 min on a 2-core CPU: tests use it
+  python launch.py --config=configs/sprites.py:cpu     # the README's main job: <= 15 min on 2 CPU cores
+  python launch.py --config=configs/sprites.py:course  # the course's recipe, exactly
+  python launch.py --config=configs/sprites.py         # the best recipe we have, for a GPU
+"""
+from configs import base
+
+PRESETS = ('smoke', 'cpu', 'course', 'default')
+
+
+def _smoke(c):
+  c.model.n_feat = 16
+  c.train.update(steps=30, batch_size=32, learning_rate=2e-3, log_every=10, ckpt_every=30)
+  c.sample.update(sampler='ddim', steps=10, per_class=2, gif_frames=5)
+
+
+def _cpu(c):
+  c.model.n_feat = 32
+  c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
+  c.train.update(steps=3_000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+                 lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=500)
+  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=12)
+
+
+def _course(c):
+  """"How Diffusion Models Work": ContextUnet(n_feat=64), linear betas 1e-4..0.02, T=500,
+  Adam 1e-3 decayed linearly to 0, batch 100, 32 epochs of 89,400 sprites = 28,600 steps,
+  context dropped for 10% of examples, DDPM sampling with 500 steps."""
+  c.model.n_feat = 64
+  c.diffusion.update(schedule='linear', timesteps=500, beta_start=1e-4, beta_end=0.02,
+                     prediction='eps', loss_weighting='simple', cond_drop_rate=0.1)
+  c.train.update(steps=28_600, batch_size=100, learning_rate=1e-3, lr_schedule='linear',
+                 warmup_steps=0, log_every=200, ckpt_every=2_000)
+  c.sample.update(sampler='ddpm', steps=500, guidance=0.0, clip_x0='none')
+
+
+def _default(c):
+  c.model.n_feat = 128
+  c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
+  c.train.update(steps=50_000, batch_size=512, learning_rate=1e-3, warmup_steps=500,
+                 lr_schedule='cosine', steps_per_dispatch=10, log_every=500, ckpt_every=5_000)
+  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=16)
+
+
+def get_config(preset: str = ''):
+  preset = preset or 'default'
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}; valid: {", ".join(PRESETS)}.')
+  c = base.get_config()
+  c.name, c.preset = 'sprites', '' if preset == 'default' else preset
+  {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'default': _default}[preset](c)
+  return c

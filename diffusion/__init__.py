@@ -1,0 +1,1 @@
+"""Pure diffusion math and models: arrays and keys in, arrays out."""

@@ -1,0 +1,66 @@
+"""From a network to a denoiser: x_t, t -> (x0_hat, eps_hat), with guidance and thresholding.
+
+Classifier-free guidance (Ho & Salimans 2022) combines a conditional and an
+unconditional (null, all-zero context) output as (1 + w) cond - w uncond; w = 0 is plain
+conditional sampling. The outputs are mixed in the network's own target space, which is
+the same as mixing x0 and eps, since both are affine in the output at fixed x_t.
+Contexts may be any vectors: one-hot classes, or weighted mixes such as 0.6 food + 0.4 spell.
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffusion import gaussian
+
+Denoiser = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+THRESHOLDS = ('none', 'clip', 'dynamic')
+
+
+def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.Array:
+  """Keep x0_hat in the data range [-1, 1].
+
+  clip     clamp each pixel.
+  dynamic  Imagen (Saharia et al. 2022): s = max(1, percentile of |x0| per sample);
+           clamp to [-s, s] and divide by s, which keeps saturated samples from going flat.
+  """
+  if method == 'none':
+    return x0
+  if method == 'clip':
+    return jnp.clip(x0, -1.0, 1.0)
+  if method == 'dynamic':
+    flat = jnp.abs(x0.reshape(x0.shape[0], -1))
+    s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0)
+    s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
+    return jnp.clip(x0, -s, s) / s
+  raise ValueError(f'Unknown x0 threshold {method!r}; valid: {", ".join(THRESHOLDS)}.')
+
+
+def make_denoiser(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                  logsnr_fn: Callable[[jax.Array], jax.Array], context: jax.Array,
+                  prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
+                  threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
+  """A denoiser for a batch whose context vectors are `context` [B, num_classes].
+
+  model_fn(x_in, t, context) -> output, with x_in the (preconditioned) noisy image [B, H, W, C]
+  and t [B]. With guidance != 0 the conditional and null-context halves run as one batch.
+  """
+  def output(x_t, t, logsnr):
+    x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
+    if guidance == 0.0:
+      return model_fn(x_in, t, context).astype(jnp.float32)
+    both = model_fn(jnp.concatenate([x_in, x_in]), jnp.concatenate([t, t]),
+                    jnp.concatenate([context, jnp.zeros_like(context)])).astype(jnp.float32)
+    cond, uncond = jnp.split(both, 2)
+    return (1 + guidance) * cond - guidance * uncond
+
+  def denoise(x_t, t):
+    t = jnp.broadcast_to(t, x_t.shape[:1])
+    logsnr = logsnr_fn(t)
+    x0, eps = gaussian.to_x0_eps(out=output(x_t, t, logsnr), x_t=x_t, logsnr=logsnr,
+                                 prediction=prediction, sigma_data=sigma_data)
+    if threshold == 'none':
+      return x0, eps
+    x0 = threshold_x0(x0, threshold, percentile)
+    return x0, gaussian.eps_from_x0(x_t=x_t, x0=x0, logsnr=logsnr)
+  return denoise

@@ -1,0 +1,71 @@
+"""The denoising loss, with the prediction target and the weighting as arguments.
+
+Every weighting is stated as w(logsnr) on the x0-space error |x0_hat - x0|^2 (Kingma & Gao
+2023 state them on the eps error; w_eps = w_x0 / snr). The loss the network sees is
+w_x0 * k * |out - target|^2, where k = x0_error_scale converts its own error to x0
+space. So a weighting means the same thing whatever the network predicts, and
+"simple" is the exception by design: the plain MSE on the network's own target (L_simple).
+"""
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffusion import gaussian
+
+WEIGHTINGS = ('simple', 'min_snr', 'sigmoid', 'edm', 'elbo')
+
+
+def x0_weight(name: str, *, logsnr: jax.Array, dlogsnr_dt: jax.Array | None = None,
+              min_snr_gamma: float = 5.0, sigmoid_bias: float = 2.0,
+              sigma_data: float = 0.5) -> jax.Array:
+  """w(logsnr) on |x0_hat - x0|^2 for the weightings other than 'simple'.
+
+  min_snr  min(snr, gamma) (Hang et al. 2023)
+  sigmoid  snr * sigmoid(b - logsnr) = e^b sigmoid(logsnr - b) (Kingma & Gao 2023)
+  edm      (sigma_ve^2 + sigma_data^2) / (sigma_ve sigma_data)^2 = 1/sigma_data^2 + snr
+  elbo     -1/2 dlogsnr/dt * snr: the continuous-time likelihood bound (Kingma et al. 2021)
+  """
+  snr = jnp.exp(logsnr)
+  if name == 'min_snr':
+    return jnp.minimum(snr, min_snr_gamma)
+  if name == 'sigmoid':
+    return jnp.exp(sigmoid_bias) * jax.nn.sigmoid(logsnr - sigmoid_bias)
+  if name == 'edm':
+    return 1 / sigma_data**2 + snr
+  if name == 'elbo':
+    return -0.5 * dlogsnr_dt * snr
+  raise ValueError(f'Unknown loss weighting {name!r}; valid: {", ".join(WEIGHTINGS)}.')
+
+
+def loss_weight(name: str, *, logsnr: jax.Array, prediction: str, sigma_data: float = 0.5,
+                **kwargs) -> jax.Array:
+  """The weight on the network's own squared error |out - target|^2."""
+  if name == 'simple':
+    return jnp.ones_like(logsnr)
+  scale = gaussian.x0_error_scale(logsnr, prediction, sigma_data)
+  return x0_weight(name, logsnr=logsnr, sigma_data=sigma_data, **kwargs) * scale
+
+
+def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
+                   t: jax.Array, eps: jax.Array, logsnr_fn: Callable[[jax.Array], jax.Array],
+                   prediction: str, weighting: str, sigma_data: float = 0.5,
+                   min_snr_gamma: float = 5.0, sigmoid_bias: float = 2.0) -> jax.Array:
+  """Per-example loss: w * mean over pixels of |model_fn(c_in x_t, t) - target|^2.
+
+  x0: [B, H, W, C] data; t: [B] times in (0, 1]; eps: standard normal like x0.
+  """
+  if weighting == 'elbo':
+    logsnr, dlogsnr_dt = jax.jvp(logsnr_fn, (t,), (jnp.ones_like(t),))
+  else:
+    logsnr, dlogsnr_dt = logsnr_fn(t), None
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
+  scale = gaussian.input_scale(logsnr, prediction, sigma_data)
+  out = model_fn(x_t * scale[:, None, None, None], t).astype(jnp.float32)
+  goal = gaussian.target(x0=x0, eps=eps, logsnr=logsnr, prediction=prediction,
+                         sigma_data=sigma_data)
+  mse = jnp.mean(jnp.square(out - goal), axis=tuple(range(1, x0.ndim)))
+  weight = loss_weight(weighting, logsnr=logsnr, prediction=prediction, sigma_data=sigma_data,
+                       dlogsnr_dt=dlogsnr_dt, min_snr_gamma=min_snr_gamma,
+                       sigmoid_bias=sigmoid_bias)
+  return weight * mse

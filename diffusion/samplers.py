@@ -1,0 +1,170 @@
+"""Samplers: one step function each, one shared loop that runs inside a single jit.
+
+Every step moves x from time t to an earlier time s on a grid from t = 1 to t = 0 with
+`steps` intervals, using only a denoiser (x_t, t) -> (x0_hat, eps_hat) and the schedule.
+The step count is independent of the training T, and every sampler works with every
+schedule and prediction target. All formulas use (alpha, sigma) of the variance-preserving
+process, so they stay finite at zero terminal SNR (alpha = 0 at t = 1).
+
+Randomness: sprite i's starting noise and its noise at step k derive from keys[i] alone
+(fold_in(keys[i], k)), so a sprite is the same at any batch size or device count.
+"""
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from diffusion import gaussian
+from diffusion.denoiser import Denoiser
+from diffusion.schedules import alpha_sigma
+
+
+class Step(NamedTuple):
+  t: jax.Array       # current time
+  s: jax.Array       # next (earlier) time
+  logsnr_t: jax.Array
+  logsnr_s: jax.Array
+  noise: jax.Array | None  # standard normal like x, for stochastic samplers
+
+
+def ddpm(denoise: Denoiser, x, step: Step, carry, **_):
+  """Ancestral sampling (Ho et al. 2020): draw x_s from q(x_s | x_t, x0 = x0_hat)."""
+  x0, _ = denoise(x, step.t)
+  mean, std = gaussian.posterior(x_t=x, x0=x0, logsnr_t=step.logsnr_t, logsnr_s=step.logsnr_s)
+  return mean + std * step.noise, x0, carry
+
+
+def ddim(denoise: Denoiser, x, step: Step, carry, *, eta: float = 0.0):
+  """DDIM (Song et al. 2021): x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z.
+
+  c = eta * (posterior std), so eta = 0 is deterministic and eta = 1 matches ddpm.
+  """
+  x0, eps = denoise(x, step.t)
+  alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
+  c = eta * jnp.sqrt(-jnp.expm1(step.logsnr_t - step.logsnr_s)) * sigma_s
+  x_s = alpha_s * x0 + jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0)) * eps
+  if eta > 0:
+    x_s = x_s + c * step.noise
+  return x_s, x0, carry
+
+
+def euler(denoise: Denoiser, x, step: Step, carry, **_):
+  """Euler on EDM's probability-flow ODE dx_ve/dsigma_ve = eps_hat (x_ve = x / alpha).
+
+  Written back in variance-preserving form this is x_s = alpha_s x0 + sigma_s eps: the
+  same update as DDIM with eta = 0 (Karras et al. 2022, sec. 4), pinned by a test.
+  """
+  x0, eps = denoise(x, step.t)
+  alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
+  return alpha_s * x0 + sigma_s * eps, x0, carry
+
+
+def heun(denoise: Denoiser, x, step: Step, carry, **_):
+  """EDM's 2nd-order Heun step: average the ODE slope at t and at the Euler guess at s.
+
+  The correction is skipped where it is undefined: the last step (sigma_s = 0, as in
+  EDM) and a start from infinite sigma_ve (alpha_t = 0, zero terminal SNR).
+  """
+  x0, eps = denoise(x, step.t)
+  alpha_t, sigma_t = alpha_sigma(step.logsnr_t)
+  alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
+  x_euler = alpha_s * x0 + sigma_s * eps
+  correct = (sigma_s > 0) & (alpha_t > 0)
+
+  def corrected(_):
+    _, eps_s = denoise(x_euler, step.s)
+    far = alpha_s * sigma_t / jnp.where(alpha_t > 0, alpha_t, 1.0)  # alpha_s * sigma_ve(t)
+    return alpha_s * x0 + 0.5 * (sigma_s + far) * eps + 0.5 * (sigma_s - far) * eps_s
+  return jax.lax.cond(correct, corrected, lambda _: x_euler, None), x0, carry
+
+
+def dpmpp_2m(denoise: Denoiser, x, step: Step, carry, **_):
+  """DPM-Solver++(2M) (Lu et al. 2022), in h = half-logSNR steps, multistep.
+
+  x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^-h) D, with D = x0_hat on the first and
+  last steps and D = x0_t + h / (2 h_prev) (x0_t - x0_prev) in between.
+  """
+  x0_prev, h_prev = carry
+  x0, _ = denoise(x, step.t)
+  alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
+  _, sigma_t = alpha_sigma(step.logsnr_t)
+  h = 0.5 * (step.logsnr_s - step.logsnr_t)
+  second = jnp.isfinite(h) & jnp.isfinite(h_prev) & (h_prev > 0)
+  ratio = jnp.where(second, h / jnp.where(second, 2 * h_prev, 1.0), 0.0)
+  d = x0 + ratio * (x0 - x0_prev)
+  x_s = (sigma_s / sigma_t) * x + alpha_s * -jnp.expm1(-h) * d
+  return x_s, x0, (x0, h)
+
+
+class Sampler(NamedTuple):
+  step: Callable
+  stochastic: bool             # needs fresh noise every step
+  init_carry: Callable = lambda x: None
+
+
+SAMPLERS = {
+    'ddpm': Sampler(ddpm, True),
+    'ddim': Sampler(ddim, True),  # stochastic only when eta > 0
+    'euler': Sampler(euler, False),
+    'heun': Sampler(heun, False),
+    'dpmpp_2m': Sampler(dpmpp_2m, False, lambda x: (jnp.zeros_like(x), jnp.float32(0))),
+}
+
+
+def get(name: str) -> Sampler:
+  if name not in SAMPLERS:
+    raise ValueError(f'Unknown sampler {name!r}; valid: {", ".join(sorted(SAMPLERS))}.')
+  return SAMPLERS[name]
+
+
+def time_grid(steps: int) -> jax.Array:
+  """t_0 = 1 > t_1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does)."""
+  return jnp.linspace(1.0, 0.0, steps + 1)
+
+
+def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """x_1 ~ N(0, I) per sprite, from that sprite's own key."""
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape))(keys)
+
+
+def _step_noise(keys: jax.Array, i: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i + 1), shape))(keys)
+
+
+def _frame_slots(steps: int, frames: int) -> jax.Array:
+  """slot[i] = index of the frame recorded at step i, or -1: `frames` steps spread evenly."""
+  chosen = jnp.round(jnp.linspace(0, steps - 1, frames)).astype(jnp.int32)
+  return jnp.full((steps,), -1, jnp.int32).at[chosen].set(jnp.arange(frames, dtype=jnp.int32))
+
+
+def sample(*, denoise: Denoiser, logsnr_fn: Callable[[jax.Array], jax.Array], keys: jax.Array,
+           shape: tuple[int, ...], sampler: str = 'ddpm', steps: int = 50, eta: float = 0.0,
+           frames: int = 0):
+  """Draw one sprite per key: x_1 ~ N(0, I), then `steps` steps of `sampler` to t = 0.
+
+  Returns x0 [B, *shape], or with frames > 0 also (x_t, x0_hat) at `frames` evenly spread
+  steps, each [frames, B, *shape]: the denoising movie. Call it inside jit.
+  """
+  spec = get(sampler)
+  stochastic = spec.stochastic and (sampler != 'ddim' or eta > 0)
+  ts = time_grid(steps)
+  logsnrs = logsnr_fn(ts)
+  slots = _frame_slots(steps, max(frames, 1))
+  x = initial_noise(keys, shape)
+  movie = jnp.zeros((max(frames, 1), 2) + x.shape, x.dtype)
+
+  def body(i, state):
+    x, carry, movie = state
+    noise = _step_noise(keys, i, shape) if stochastic else None
+    step = Step(ts[i], ts[i + 1], logsnrs[i], logsnrs[i + 1], noise)
+    x_s, x0, carry = spec.step(denoise, x, step, carry, eta=eta)
+    if frames:
+      movie = jax.lax.cond(slots[i] >= 0,
+                           lambda m: m.at[slots[i]].set(jnp.stack([x, x0])),
+                           lambda m: m, movie)
+    return x_s, carry, movie
+
+  x, _, movie = jax.lax.fori_loop(0, steps, body, (x, spec.init_carry(x), movie))
+  if frames:
+    return x, (movie[:, 0], movie[:, 1])
+  return x

@@ -1,0 +1,1 @@
+"""Everything with side effects: data, training, sampling, evaluation, benchmarks."""

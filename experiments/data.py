@@ -1,0 +1,64 @@
+"""Loading sprites: build the TFDS dataset once, then hold a whole split in memory."""
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+from experiments import sprites_builder
+
+
+@dataclasses.dataclass(frozen=True)
+class SpriteData:
+  images: np.ndarray        # uint8 [N, S, S, 3], RGB on white
+  labels: np.ndarray        # int32 [N]; -1 for an unconditional dataset
+  groups: np.ndarray        # int32 [N]; sprites of one group are variants of each other
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def builder(data_cfg) -> sprites_builder.Sprites:
+  config = sprites_builder.make_config(
+      source=data_cfg.source, manual_dir=data_cfg.manual_dir, image_size=data_cfg.image_size,
+      tile_size=data_cfg.tile_size, test_fraction=data_cfg.test_fraction)
+  data_dir = os.path.expanduser(data_cfg.data_dir)
+  return sprites_builder.Sprites(config=config, data_dir=data_dir, file_format='array_record')
+
+
+def load(data_cfg, split: str = 'train') -> SpriteData:
+  """The whole `split` of the configured source, built first if it is not prepared yet."""
+  b = builder(data_cfg)
+  if not b.is_prepared():
+    logging.info('Preparing sprites dataset %s in %s (once).', b.builder_config.name, b.data_dir)
+    b.download_and_prepare()
+  source = b.as_data_source(split=split)
+  records = source.__getitems__(list(range(len(source))))
+  class_names = tuple(b.info.metadata['class_names'])
+  return SpriteData(
+      images=np.stack([r['image'] for r in records]) if records else
+      np.zeros((0, data_cfg.image_size, data_cfg.image_size, 3), np.uint8),
+      labels=np.asarray([r['label'] for r in records], np.int32),
+      groups=np.asarray([r['group'] for r in records], np.int32),
+      class_names=class_names)
+
+
+def to_model(images: np.ndarray) -> np.ndarray:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x) -> np.ndarray:
+  """float [-1, 1] -> uint8 [0, 255], clipped."""
+  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def context(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """One-hot float32 context vectors; label -1 (or no classes) gives the null (zero) context."""
+  labels = np.asarray(labels)
+  out = np.zeros((len(labels), max(num_classes, 1)), np.float32)
+  valid = labels >= 0
+  out[np.flatnonzero(valid), labels[valid]] = 1.0
+  return out

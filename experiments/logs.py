@@ -1,0 +1,58 @@
+"""Metrics to metrics.jsonl and TensorBoard (tensorboardX: no TensorFlow), and a progress line."""
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+
+class Writer:
+  """Writes scalars from process 0 only; other processes get a writer that does nothing."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    self._jsonl = self._tb = None
+    if self._active:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def scalars(self, step: int, values: dict) -> None:
+    if not self._active:
+      return
+    values = {k: float(v) for k, v in values.items()}
+    self._jsonl.write(json.dumps({'step': step, 'time': time.time(), **values}) + '\n')
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rest = divmod(seconds, 3600)
+  return f'{h}h{rest // 60:02d}m' if h else f'{rest // 60}m{rest % 60:02d}s'
+
+
+class Progress:
+  """step, loss, img/s and ETA, measured between log steps (compile time excluded after the first)."""
+
+  def __init__(self, first_step: int, total_steps: int, batch_size: int):
+    self.total, self.batch = total_steps, batch_size
+    self._step, self._time = first_step, time.perf_counter()
+
+  def update(self, step: int, loss: float) -> dict:
+    now = time.perf_counter()
+    rate = (step - self._step) * self.batch / max(now - self._time, 1e-9)
+    eta = (self.total - step) * self.batch / max(rate, 1e-9)
+    logging.info('step %d/%d  loss %.4f  %.0f img/s  ETA %s', step, self.total, loss, rate,
+                 duration(eta))
+    self._step, self._time = step, now
+    return {'img_per_s': rate}

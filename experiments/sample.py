@@ -1,0 +1,158 @@
+"""--mode=sample: restore the (EMA) weights, draw sprites, write grids, npz and a GIF.
+
+Outputs in <workdir>/samples/, named <step>_<sampler><steps>[_g<guidance>]:
+  .png  one row per class (then one row per mix), upscaled with nearest neighbour
+  .npz  images uint8 [N, S, S, 3], labels int [N] (-1: unconditional or a mix),
+        contexts float [N, K], class_names
+  .gif  the denoising progression: x_t (left) and the predicted x0 (right) per step
+"""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from diffusion import denoiser, samplers
+from experiments import checkpoints, data as data_lib, parallel, pictures, recipe, state as state_lib
+
+
+def parse_mix(spec: str, class_names) -> list[np.ndarray]:
+  """'food:0.6,spell:0.4;0:1' -> context vectors; classes by name or index."""
+  vectors = []
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    v = np.zeros(len(class_names), np.float32)
+    for item in part.split(','):
+      name, _, weight = item.partition(':')
+      name = name.strip()
+      k = int(name) if name.isdigit() else (class_names.index(name) if name in class_names else -1)
+      if not 0 <= k < len(class_names):
+        raise ValueError(f'sample.mix: unknown class {name!r} in {part!r}; classes: '
+                         f'{", ".join(class_names)} (or their indices).')
+      v[k] += float(weight or 1.0)
+    vectors.append(v)
+  return vectors
+
+
+def contexts(class_names, per_class: int, mix: str = ''):
+  """(context [N, K], labels [N]): per_class sprites of each class, then per_class of each mix."""
+  k = max(len(class_names), 1)
+  labels = np.repeat(np.arange(len(class_names)) if class_names else np.array([-1]), per_class)
+  ctx = data_lib.context(labels, len(class_names))
+  mixes = parse_mix(mix, list(class_names)) if mix else []
+  for v in mixes:
+    ctx = np.concatenate([ctx, np.repeat(v[None], per_class, 0)])
+    labels = np.concatenate([labels, np.full(per_class, -1)])
+  return ctx.reshape(-1, k), labels.astype(np.int32), len(class_names or [0]) + len(mixes)
+
+
+def make_sample_fn(model, config, mesh, frames: int):
+  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the movie), sharded on B."""
+  s, d = config.sample, config.diffusion
+  logsnr_fn = recipe.logsnr_fn(d)
+  size = config.data.image_size
+
+  def fn(params, keys, context):
+    denoise = denoiser.make_denoiser(
+        model_fn=lambda x, t, c: model.apply(params, x, t, c), logsnr_fn=logsnr_fn,
+        context=context, prediction=d.prediction, sigma_data=d.sigma_data,
+        guidance=s.guidance, threshold=s.clip_x0, percentile=s.dynamic_percentile)
+    return samplers.sample(denoise=denoise, logsnr_fn=logsnr_fn, keys=keys, shape=(size, size, 3),
+                           sampler=s.sampler, steps=s.steps, eta=s.eta, frames=frames)
+
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  movie_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
+  out = (shard, (movie_sharding, movie_sharding)) if frames else shard
+  return jax.jit(fn, in_shardings=(rep, shard, shard), out_shardings=out)
+
+
+def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, frames: int):
+  """Sprites for every context row, in batches; sprite i's noise derives from (seed, i)."""
+  n = len(context)
+  batch = -(-min(batch_size, n) // mesh.size) * mesh.size
+  base = jax.random.key(seed)
+  images, movies = [], []
+  for start in range(0, n, batch):
+    idx = np.arange(start, start + batch)
+    ctx = context[np.minimum(idx, n - 1)]
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(idx))
+    out = fn(params, keys, jnp.asarray(ctx))
+    x, movie = out if frames else (out, None)
+    images.append(data_lib.to_uint8(x))
+    if frames:
+      movies.append([data_lib.to_uint8(m) for m in movie])
+  images = np.concatenate(images)[:n]
+  if not frames:
+    return images, None
+  xs, x0s = (np.concatenate([m[j] for m in movies], axis=1)[:, :n] for j in (0, 1))
+  return images, (xs, x0s)
+
+
+def dataset_classes(config, workdir: str) -> tuple[str, ...]:
+  """The class names recorded by training, or read from the prepared dataset."""
+  path = os.path.join(workdir, 'data.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return tuple(json.load(f)['class_names'])
+  b = data_lib.builder(config.data)
+  if not b.is_prepared():
+    b.download_and_prepare()
+  return tuple(b.info.metadata['class_names'])
+
+
+def restore_params(config, workdir: str, num_classes: int, mesh):
+  """(step, params) of the latest checkpoint: the EMA weights unless sample.use_ema is off."""
+  model = recipe.model(config.model, num_classes)
+  tx = state_lib.optimizer(config.train)
+  init = functools.partial(state_lib.init, model, tx, jax.random.key(0), config.data.image_size,
+                           num_classes)
+  rep = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                          jax.eval_shape(init))
+  state = checkpoints.restore_latest(checkpoints.manager(workdir, 1), abstract)
+  if state is None:
+    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
+                            '(--mode=train), or point --workdir at a trained run.')
+  return int(state.step), state.ema_params if config.sample.use_ema else state.params
+
+
+def output_name(config, step: int) -> str:
+  s = config.sample
+  guidance = f'_g{s.guidance:g}' if s.guidance else ''
+  return f'step{step:06d}_{s.sampler}{s.steps}{guidance}'
+
+
+def write_outputs(path_stem: str, images, labels, context, class_names, rows: int, movie,
+                  upscale: int) -> None:
+  pictures.save_png(path_stem + '.png', pictures.grid(images, rows), upscale)
+  np.savez_compressed(path_stem + '.npz', images=images, labels=labels, contexts=context,
+                      class_names=np.asarray(class_names, dtype=str))
+  if movie is not None:
+    xs, x0s = movie
+    frames = [np.concatenate([pictures.grid(x, rows), pictures.grid(x0, rows)], axis=1)
+              for x, x0 in zip(xs, x0s)]
+    frames.append(np.concatenate([pictures.grid(images, rows)] * 2, axis=1))
+    pictures.save_gif(path_stem + '.gif', frames, upscale)
+
+
+def run(config, workdir: str, *, params=None, step: int | None = None,
+        class_names: tuple[str, ...] | None = None) -> str:
+  """Draw the configured grid and write it; returns the path stem of the outputs."""
+  recipe.validate(config)
+  class_names = class_names if class_names is not None else dataset_classes(config, workdir)
+  mesh = parallel.make_mesh()
+  if params is None:
+    step, params = restore_params(config, workdir, len(class_names), mesh)
+  s = config.sample
+  context, labels, rows = contexts(class_names, s.per_class, s.mix)
+  model = recipe.model(config.model, len(class_names))
+  frames = s.gif_frames if s.gif else 0
+  fn = make_sample_fn(model, config, mesh, frames)
+  images, movie = generate(fn, params, s.seed, context, s.batch_size, mesh, frames)
+  stem = os.path.join(workdir, 'samples', output_name(config, step or 0))
+  if jax.process_index() == 0:
+    write_outputs(stem, images, labels, context, class_names, rows, movie, s.upscale)
+    logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
+  return stem

@@ -1,0 +1,1 @@
+"""Where sprites come from. Each source yields `Sprite` records for the TFDS builder."""

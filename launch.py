@@ -1,0 +1,56 @@
+"""Train, sample or evaluate a sprite diffusion model.
+
+  python launch.py --config=configs/sprites.py:cpu
+  python launch.py --config=configs/sprites.py:smoke --config.train.steps=40
+  python launch.py --config=configs/sprites.py:cpu --mode=sample --config.sample.sampler=ddim
+
+The config file's presets are chosen after the colon; any key can be overridden with
+--config.<section>.<key>=VALUE (unknown keys and wrong types fail here, by name).
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; default runs/<config>[-<preset>].')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'What to do.')
+_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
+  EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry')
+
+  def filter(self, record):
+    if not any(part in record.pathname for part in self.NOISY):
+      return True
+    return record.levelno >= logging.logging.WARNING and not str(record.msg).startswith(self.EXPECTED)
+
+
+def default_workdir(config) -> str:
+  return os.path.join('runs', config.name + (f'-{config.preset}' if config.preset else ''))
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=import-outside-toplevel
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config)
+  if config.runtime.compile_cache:
+    cache = os.path.join(os.path.dirname(os.path.abspath(workdir)), '.jax_cache')
+    jax.config.update('jax_compilation_cache_dir', cache)
+  logging.info('%s (%s) -> %s on %d %s device(s)', _MODE.value, config.preset or 'default',
+               workdir, jax.device_count(), jax.default_backend())
+  from experiments import sample, train  # pylint: disable=import-outside-toplevel
+  {'train': train.run, 'sample': sample.run}[_MODE.value](config, workdir)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
