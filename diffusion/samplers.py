@@ -63,7 +63,10 @@ def heun(denoise: Denoiser, x, step: Step, carry, **_):
   """EDM's 2nd-order Heun step: average the ODE slope at t and at the Euler guess at s.
 
   The correction is skipped where it is undefined: the last step (sigma_s = 0, as in
-  EDM) and a start from infinite sigma_ve (alpha_t = 0, zero terminal SNR).
+  EDM) and a start from infinite sigma_ve (alpha_t = 0, zero terminal SNR). It assumes
+  EDM's sigma_max ~ 80 (logSNR(1) ~ -8.8): schedules that start far noisier (cosine:
+  logSNR -20, sigma_ve ~ 2e4) make the first corrections ill-conditioned at few steps;
+  pair heun with the edm schedule, or give it >= 50 steps.
   """
   x0, eps = denoise(x, step.t)
   alpha_t, sigma_t = alpha_sigma(step.logsnr_t)

@@ -55,10 +55,11 @@ def scaled_linear(*, timesteps: int, beta_start: float = 0.00085,
 def cosine(*, cosine_s: float = 0.008) -> LogSNR:
   """Nichol & Dhariwal 2021: alpha_bar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t+s)/(1+s))."""
   def logsnr(t):
-    u = 0.5 * jnp.pi * (t + cosine_s) / (1 + cosine_s)
-    u0 = 0.5 * jnp.pi * cosine_s / (1 + cosine_s)
-    # log(f(t) / (f(0) - f(t))), with f(0) - f(t) = sin(u - u0) sin(u + u0).
-    value = 2 * jnp.log(jnp.abs(jnp.cos(u))) - jnp.log(jnp.sin(u - u0) * jnp.sin(u + u0))
+    c = 0.5 * jnp.pi / (1 + cosine_s)
+    # log(f(t) / (f(0) - f(t))) with f(0) - f(t) = sin(u - u0) sin(u + u0), u = c (t + s):
+    # u - u0 = c t is written out so that t = 0 gives exactly +inf.
+    value = (2 * jnp.log(jnp.abs(jnp.cos(c * (t + cosine_s))))
+             - jnp.log(jnp.sin(c * t) * jnp.sin(c * (t + 2 * cosine_s))))
     return jnp.maximum(value, LOGSNR_MIN)
   return logsnr
 

@@ -18,6 +18,29 @@ import flax.linen as nn
 GROUPS = 8
 
 
+class PatchUpsample(nn.Module):
+  """nn.ConvTranspose with kernel = stride, as one matmul and a reshape.
+
+  With non-overlapping patches every output pixel is one input pixel times one kernel
+  tap, so the transposed conv is an einsum. Same parameters and outputs as
+  nn.ConvTranspose(features, (k, k), strides=(k, k)) (a test pins this), but XLA:CPU
+  runs it several times faster than its dilated-convolution lowering.
+  """
+  features: int
+  factor: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, (b, h, w, c) = self.factor, x.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    # nn.ConvTranspose (transpose_kernel=False) applies the spatially flipped kernel.
+    kernel = kernel[::-1, ::-1].astype(self.dtype)
+    y = jnp.einsum('bhwc,ijco->bhiwjo', x.astype(self.dtype), kernel)
+    return y.reshape(b, h * k, w * k, self.features) + bias.astype(self.dtype)
+
+
 class ResidualConvBlock(nn.Module):
   features: int
   residual: bool = False
@@ -64,7 +87,7 @@ class UnetUp(nn.Module):
   @nn.compact
   def __call__(self, x, skip):
     x = jnp.concatenate([x, skip], axis=-1)
-    x = nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), dtype=self.dtype)(x)
+    x = PatchUpsample(self.features, 2, dtype=self.dtype)(x)
     x = ResidualConvBlock(self.features, dtype=self.dtype)(x)
     return ResidualConvBlock(self.features, dtype=self.dtype)(x)
 
@@ -92,8 +115,7 @@ class ContextUnet(nn.Module):
     c_emb1, t_emb1 = EmbedFC(2 * nf, dt, name='contextembed1')(c), EmbedFC(2 * nf, dt, name='timeembed1')(t)
     c_emb2, t_emb2 = EmbedFC(nf, dt, name='contextembed2')(c), EmbedFC(nf, dt, name='timeembed2')(t)
 
-    up1 = nn.ConvTranspose(2 * nf, (size // 4, size // 4), strides=(size // 4, size // 4),
-                           dtype=dt, name='up0')(hidden)
+    up1 = PatchUpsample(2 * nf, size // 4, dtype=dt, name='up0')(hidden)
     up1 = nn.relu(nn.GroupNorm(GROUPS, dtype=dt)(up1))
     up2 = UnetUp(nf, dtype=dt, name='up1')(c_emb1 * up1 + t_emb1, down2)
     up3 = UnetUp(nf, dtype=dt, name='up2')(c_emb2 * up2 + t_emb2, down1)

@@ -1,0 +1,157 @@
+"""Samplers with exact denoisers: an oracle that knows x0, and Gaussian data with E[x0 | x_t] closed form."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import denoiser, samplers, schedules
+
+ALL = sorted(samplers.SAMPLERS)
+DETERMINISTIC = ['ddim', 'euler', 'heun', 'dpmpp_2m']
+
+
+def _keys(n, seed=0):
+  return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(n))
+
+
+def _run(denoise, logsnr_fn, n, shape, **kwargs):
+  fn = jax.jit(lambda keys: samplers.sample(denoise=denoise, logsnr_fn=logsnr_fn, keys=keys,
+                                            shape=shape, **kwargs))
+  return np.asarray(fn(_keys(n)))
+
+
+def oracle(target, logsnr_fn):
+  def denoise(x_t, t):  # t: a scalar, as the samplers pass it
+    alpha, sigma = schedules.alpha_sigma(logsnr_fn(t))
+    x0 = jnp.broadcast_to(target, x_t.shape)
+    return x0, jnp.where(sigma > 0, (x_t - alpha * x0) / jnp.where(sigma > 0, sigma, 1), 0)
+  return denoise
+
+
+@pytest.mark.parametrize('sampler', ALL)
+@pytest.mark.parametrize('steps', [1, 7, 50])
+def test_oracle_denoiser_lands_exactly_on_x0(sampler, steps):
+  """If x0_hat is always the true x0, every sampler must end at x0 (exactly: logSNR(0) = inf)."""
+  logsnr_fn = schedules.linear(timesteps=500)
+  target = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
+  out = _run(oracle(target, logsnr_fn), logsnr_fn, 5, (4, 4, 3), sampler=sampler, steps=steps,
+             eta=1.0 if sampler == 'ddim' else 0.0)
+  np.testing.assert_allclose(out, np.broadcast_to(np.asarray(target), out.shape), atol=1e-5)
+
+
+# Gaussian data: x0 ~ N(MU, S^2) per pixel, so E[x0 | x_t] = MU + alpha S^2 (x_t - alpha MU) / (alpha^2 S^2 + sigma^2).
+MU, S = 0.3, 0.5
+
+
+def gaussian_denoiser(logsnr_fn):
+  def denoise(x_t, t):  # t: a scalar, as the samplers pass it
+    alpha, sigma = schedules.alpha_sigma(logsnr_fn(t))
+    x0 = MU + alpha * S**2 * (x_t - alpha * MU) / (alpha**2 * S**2 + sigma**2)
+    eps = (x_t - alpha * MU) * sigma / (alpha**2 * S**2 + sigma**2)
+    return x0, eps
+  return denoise
+
+
+def _moment_error(out):
+  return abs(out.mean() - MU) + abs(out.std() - S)
+
+
+@pytest.mark.parametrize('sampler', ALL)
+def test_samples_converge_to_the_data_distribution(sampler):
+  logsnr_fn = schedules.cosine()
+  denoise = gaussian_denoiser(logsnr_fn)
+  eta = 1.0 if sampler == 'ddim' else 0.0
+  errors = {steps: _moment_error(_run(denoise, logsnr_fn, 4000, (4, 4, 1), sampler=sampler,
+                                      steps=steps, eta=eta)) for steps in (2, 200)}
+  assert errors[200] < 0.02, errors
+  assert errors[200] <= errors[2] + 0.005, errors
+
+
+@pytest.mark.parametrize('sampler', DETERMINISTIC)
+@pytest.mark.parametrize('schedule', ['linear', 'cosine', 'edm'])
+def test_deterministic_samplers_solve_the_probability_flow_ode(sampler, schedule):
+  """For Gaussian data the PF-ODE keeps each pixel's z-score: x0 = MU + S (x1 - a1 MU) / sqrt(a1^2 S^2 + s1^2)."""
+  logsnr_fn = schedules.get(schedule)(**({'timesteps': 1000} if schedule == 'linear' else {}))
+  steps = {'heun': 500, 'dpmpp_2m': 500}.get(sampler, 4000)  # 2nd order vs 1st order
+  out = _run(gaussian_denoiser(logsnr_fn), logsnr_fn, 64, (2, 2, 1), sampler=sampler, steps=steps)
+  x1 = np.asarray(samplers.initial_noise(_keys(64), (2, 2, 1)))
+  a1, s1 = (float(v) for v in schedules.alpha_sigma(logsnr_fn(jnp.float32(1.0))))
+  want = MU + S * (x1 - a1 * MU) / np.sqrt(a1**2 * S**2 + s1**2)
+  # sigma(t=0) of edm is 0.002, so its last x keeps that much noise.
+  np.testing.assert_allclose(out, want, atol=5e-3 if schedule == 'edm' else 2e-3)
+
+
+@pytest.mark.parametrize('sampler', ['heun', 'dpmpp_2m'])
+def test_second_order_samplers_converge_faster_than_euler(sampler):
+  """On EDM's schedule: error / 4 per doubling of steps (2nd order) against Euler's / 2."""
+  logsnr_fn = schedules.edm()  # EDM's Heun assumes sigma_max ~ 80 (see diffusion.samplers.heun)
+  denoise = gaussian_denoiser(logsnr_fn)
+  x1 = np.asarray(samplers.initial_noise(_keys(64), (2, 2, 1)))
+  (a1, s1), (a0, s0) = ((float(v) for v in schedules.alpha_sigma(logsnr_fn(jnp.float32(t))))
+                        for t in (1.0, 0.0))
+  z = (x1 - a1 * MU) / np.sqrt(a1**2 * S**2 + s1**2)
+  want = a0 * MU + np.sqrt(a0**2 * S**2 + s0**2) * z  # the ODE's x at t = 0 (sigma_min)
+  err = {(name, steps): np.abs(_run(denoise, logsnr_fn, 64, (2, 2, 1), sampler=name,
+                                    steps=steps) - want).max()
+         for name in ('euler', sampler) for steps in (32, 64)}
+  assert err[sampler, 32] < 0.3 * err['euler', 32], err
+  assert err[sampler, 64] < 0.35 * err[sampler, 32], err
+
+
+def test_euler_is_ddim_with_eta_zero():
+  logsnr_fn = schedules.linear(timesteps=500)
+  denoise = gaussian_denoiser(logsnr_fn)
+  a = _run(denoise, logsnr_fn, 8, (2, 2, 1), sampler='euler', steps=13)
+  b = _run(denoise, logsnr_fn, 8, (2, 2, 1), sampler='ddim', steps=13, eta=0.0)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize('sampler', ALL)
+def test_zero_terminal_snr_start_stays_finite(sampler):
+  logsnr_fn = schedules.rescale_zero_terminal_snr(schedules.linear(timesteps=500))
+  out = _run(gaussian_denoiser(logsnr_fn), logsnr_fn, 256, (2, 2, 1), sampler=sampler, steps=50,
+             eta=1.0 if sampler == 'ddim' else 0.0)
+  assert np.all(np.isfinite(out))
+  assert _moment_error(out) < 0.1
+
+
+def test_sprite_i_is_the_same_at_any_batch_size():
+  logsnr_fn = schedules.linear(timesteps=500)
+  denoise = gaussian_denoiser(logsnr_fn)
+  big = _run(denoise, logsnr_fn, 8, (3, 3, 1), sampler='ddpm', steps=20)
+  small = _run(denoise, logsnr_fn, 3, (3, 3, 1), sampler='ddpm', steps=20)
+  np.testing.assert_allclose(big[:3], small, atol=1e-6)
+
+
+def test_movie_frames_start_from_noise_and_end_near_the_result():
+  logsnr_fn = schedules.cosine()
+  fn = jax.jit(lambda keys: samplers.sample(denoise=gaussian_denoiser(logsnr_fn), logsnr_fn=logsnr_fn,
+                                            keys=keys, shape=(2, 2, 1), sampler='ddim', steps=10,
+                                            frames=4))
+  x, (xs, x0s) = fn(_keys(6))
+  assert xs.shape == x0s.shape == (4, 6, 2, 2, 1)
+  np.testing.assert_allclose(np.asarray(xs[0]),
+                             np.asarray(samplers.initial_noise(_keys(6), (2, 2, 1))), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(x0s[-1]), np.asarray(x), atol=0.05)
+
+
+def test_guidance_combines_conditional_and_null_outputs():
+  """With w, the output is (1 + w) f(c) - w f(0): checked on a model linear in the context."""
+  def model_fn(x, t, c):
+    return x * 0 + c.sum(axis=1)[:, None, None, None] + 0.1
+  logsnr_fn = schedules.cosine()
+  ctx = jnp.array([[1.0, 0.0], [0.4, 0.6]])
+  x_t, t = jnp.zeros((2, 2, 2, 1)), jnp.full((2,), 0.5)
+  plain = denoiser.make_denoiser(model_fn=model_fn, logsnr_fn=logsnr_fn, context=ctx,
+                                 prediction='x0', threshold='none')
+  guided = denoiser.make_denoiser(model_fn=model_fn, logsnr_fn=logsnr_fn, context=ctx,
+                                  prediction='x0', guidance=2.0, threshold='none')
+  np.testing.assert_allclose(np.asarray(plain(x_t, t)[0]), 1.1, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(guided(x_t, t)[0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
+
+
+def test_dynamic_thresholding_keeps_samples_in_range():
+  x0 = jnp.stack([jnp.linspace(-3, 3, 48).reshape(4, 4, 3), jnp.linspace(-0.5, 0.5, 48).reshape(4, 4, 3)])
+  out = np.asarray(denoiser.threshold_x0(x0, 'dynamic', 0.9))
+  assert np.abs(out).max() <= 1.0 + 1e-6
+  np.testing.assert_allclose(out[1], np.asarray(x0[1]), atol=1e-6)  # within range: untouched
