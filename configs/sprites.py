@@ -21,7 +21,7 @@ def _cpu(c):
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
   c.train.update(steps=3_000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=500)
-  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=12)
+  c.sample.update(sampler='ddpm', steps=200, guidance=1.0, per_class=12)
 
 
 def _course(c):

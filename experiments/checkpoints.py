@@ -13,8 +13,9 @@ import orbax.checkpoint as ocp
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
+  # Naming the handler lets a fresh manager read a checkpoint's metadata before restoring.
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+                               options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _path_name(path) -> str:

@@ -4,9 +4,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh() -> Mesh:
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D 'data' mesh over all devices (or the given ones)."""
+  devices = jax.devices() if devices is None else devices
   # Auto axes: XLA's partitioner propagates shardings from the constraints we place.
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

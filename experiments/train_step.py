@@ -49,7 +49,7 @@ def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dic
     ema = jax.tree.map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state)
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
 
   def train(state, images, labels, key):
     if steps_per_dispatch == 1:

@@ -1,0 +1,70 @@
+"""Configs: presets, overrides at flag parsing, and early checks of values."""
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import sprites
+from experiments import recipe
+
+CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sprites.py')
+
+
+def _parse(*args):
+  values = flags.FlagValues()
+  argv = ['prog', *args]
+  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_preset_and_override():
+  config = _parse(f'--config={CONFIG}:smoke', '--config.train.steps=7', '--config.sample.sampler=heun')
+  assert config.preset == 'smoke' and config.train.steps == 7 and config.sample.sampler == 'heun'
+
+
+def test_unknown_key_fails_at_parsing_with_its_name():
+  with pytest.raises(Exception, match="trian"):
+    _parse(f'--config={CONFIG}:smoke', '--config.trian.steps=7')
+
+
+def test_wrong_type_fails_at_parsing():
+  with pytest.raises(Exception, match='steps'):
+    _parse(f'--config={CONFIG}:smoke', '--config.train.steps=many')
+
+
+@pytest.mark.parametrize('preset', sprites.PRESETS)
+def test_every_preset_validates(preset):
+  recipe.validate(sprites.get_config(preset))
+
+
+def test_unknown_preset_lists_the_valid_ones():
+  with pytest.raises(ValueError, match='smoke, cpu, course, default'):
+    sprites.get_config('fast')
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('diffusion.schedule', 'cosinus', 'Unknown schedule'),
+    ('sample.sampler', 'plms', 'Unknown sampler'),
+    ('diffusion.prediction', 'score', 'Unknown prediction'),
+    ('diffusion.loss_weighting', 'p2', 'Unknown diffusion.loss_weighting'),
+    ('train.steps_per_dispatch', 7, 'multiple of train.steps_per_dispatch'),
+    ('data.image_size', 18, 'multiple of 4'),
+])
+def test_bad_values_fail_before_anything_runs(key, value, message):
+  config = sprites.get_config('smoke')
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    recipe.validate(config)
+
+
+def test_zero_terminal_snr_with_eps_prediction_is_refused():
+  config = sprites.get_config('smoke')
+  config.diffusion.zero_terminal_snr = True
+  with pytest.raises(ValueError, match='prediction=v'):
+    recipe.validate(config)
+  config.diffusion.prediction = 'v'
+  recipe.validate(config)

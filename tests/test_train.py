@@ -1,0 +1,111 @@
+"""End to end: a tiny run writes every output; resume equals an uninterrupted run; bad states fail clearly."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from experiments import checkpoints, parallel, recipe, sample, state as state_lib, train, train_step
+
+
+def _final_state(config, workdir):
+  mesh = parallel.make_mesh()
+  model = recipe.model(config.model, 8)
+  abstract = jax.eval_shape(lambda: state_lib.init(model, state_lib.optimizer(config.train),
+                                                   jax.random.key(0), 16, 8))
+  return checkpoints.restore_latest(checkpoints.manager(workdir, 5), jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), abstract))
+
+
+def test_tiny_run_writes_every_output(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(data_dir)
+  train.run(config, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['n_feat'] == 8
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  assert [json.loads(l)['step'] for l in lines] == [1, 2]
+  assert all(np.isfinite(json.loads(l)['loss']) for l in lines)
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert checkpoints.manager(workdir, 2).latest_step() == 2
+  stem = os.path.join(workdir, 'samples', 'step000002_ddim4')
+  npz = np.load(stem + '.npz')
+  assert npz['images'].dtype == np.uint8 and npz['images'].shape == (8, 16, 16, 3)
+  assert list(npz['labels']) == list(range(8)) and len(npz['class_names']) == 8
+  png = Image.open(stem + '.png')
+  assert png.size == ((1 * 17 + 1) * 4, (8 * 17 + 1) * 4)  # one column, 8 class rows, 4x
+  gif = Image.open(stem + '.gif')
+  assert gif.n_frames == config.sample.gif_frames + 1
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, data_dir):
+  # A constant learning rate, so that the schedule does not depend on train.steps.
+  quick = {'sample.gif': False, 'sample.steps': 1, 'train.lr_schedule': 'constant'}
+  straight = str(tmp_path / 'straight')
+  train.run(tiny_config(data_dir, **{'train.steps': 4}, **quick), straight)
+  resumed = str(tmp_path / 'resumed')
+  train.run(tiny_config(data_dir, **{'train.steps': 2}, **quick), resumed)
+  train.run(tiny_config(data_dir, **{'train.steps': 4}, **quick), resumed)
+  lines = open(os.path.join(resumed, 'metrics.jsonl')).read().splitlines()
+  assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4], 'the second run must not restart'
+  a, b = _final_state(tiny_config(data_dir), straight), _final_state(tiny_config(data_dir), resumed)
+  assert int(a.step) == int(b.step) == 4
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6),
+               (a.params, a.ema_params, a.opt_state), (b.params, b.ema_params, b.opt_state))
+
+
+def test_a_different_model_in_the_workdir_is_refused_and_kept(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  train.run(tiny_config(data_dir, **{'sample.gif': False, 'sample.steps': 1}), workdir)
+  before = sorted(os.walk(os.path.join(workdir, 'checkpoints')))
+  with pytest.raises(ValueError, match='different model'):
+    train.run(tiny_config(data_dir, **{'model.n_feat': 16}), workdir)
+  assert sorted(os.walk(os.path.join(workdir, 'checkpoints'))) == before
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(data_dir, **{'train.learning_rate': 1e30, 'train.steps': 6,
+                                    'train.lr_schedule': 'constant'})
+  with pytest.raises(FloatingPointError, match='diverged') as error:
+    train.run(config, workdir)
+  last = checkpoints.manager(workdir, 2).latest_step()
+  assert last is not None and f'step {last}' in str(error.value)
+  kept = _final_state(config, workdir)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(kept.params))
+
+
+def test_sampling_an_empty_workdir_says_train_first(tmp_path, data_dir):
+  with pytest.raises(FileNotFoundError, match='train first'):
+    sample.run(tiny_config(data_dir), str(tmp_path / 'empty'))
+
+
+def test_train_step_on_8_devices_matches_1_device(data_dir):
+  """Data parallelism over a mesh changes where the work runs, not the result."""
+  assert jax.device_count() == 8
+  config = tiny_config(data_dir)
+  model = recipe.model(config.model, 8)
+  tx = optax.sgd(0.05)  # Adam's m / sqrt(v) would magnify summation-order noise in ~0 gradients
+  images = np.random.default_rng(0).integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
+  labels = np.arange(50, dtype=np.int32) % 8
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    step = train_step.make(model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(config.diffusion),
+                           loss_kwargs=recipe.loss_kwargs(config.diffusion), timesteps=500,
+                           batch_size=16, num_classes=8, cond_drop_rate=0.1,
+                           ema_halflife_kimg=1.0, ema_rampup=0.05, steps_per_dispatch=2, mesh=mesh)
+    state = jax.jit(lambda: state_lib.init(model, tx, jax.random.key(0), 16, 8),
+                    out_shardings=parallel.replicated(mesh))()
+    data = parallel.put_replicated((images, labels), mesh)
+    for _ in range(2):
+      state, metrics = step(state, *data, jax.random.key(1))
+    results.append((jax.device_get(state.params), float(metrics['loss'])))
+  (p1, l1), (p8, l8) = results
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p8)
