@@ -80,6 +80,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.gif = True           # write the denoising progression as a GIF
   c.sample.gif_frames = 25
   c.sample.upscale = 4          # nearest-neighbour factor for the PNG grids
+  c.sample.sheet = True         # also write a game-ready sprite sheet: <stem>_sheet.png (RGBA) + .json atlas
+  c.sample.sheet_colors = 0     # reduce the sheet to this many colours (k-means, one palette); 0 = keep all
+  c.sample.sheet_upscale = 1    # integer nearest-neighbour factor of the sheet (engines usually scale it)
+  c.sample.sheet_key = 24       # background: border-connected, channels >= 255 - this (> 30 eats pale sprites)
+
+  c.show = ml_collections.ConfigDict()  # --mode=show: pictures that explain the model
+  c.show.sprites = 4            # training sprites in the forward-process strip (one per class)
+  c.show.forward_frames = 40    # frames of the forward-process GIF
+  c.show.class_a = ''           # interpolation grid from this class (name or index; '' = the first) ...
+  c.show.class_b = ''           # ... to this one ('' = the second)
+  c.show.mix_rows = 4           # starting noises in the interpolation grid, one per row
+  c.show.mix_steps = 7          # mixing weights 0 -> 1, one per column
+  c.show.guidance_scales = '0,0.5,1,2,4'  # the guidance strip's columns (classifier-free guidance w)
 
   c.runtime = ml_collections.ConfigDict()
   c.runtime.compile_cache = True  # JAX persistent compilation cache in <workdir>/../.jax_cache

@@ -5,6 +5,8 @@ Outputs in <workdir>/samples/, named <step>_<sampler><steps>[_g<guidance>]:
   .npz  images uint8 [N, S, S, 3], labels int [N] (-1: unconditional or a mix),
         contexts float [N, K], class_names
   .gif  the denoising progression: x_t (left) and the predicted x0 (right) per step
+  _sheet.png, _sheet.json  (sample.sheet) a game-ready sprite sheet on transparent pixels and its
+        atlas: name, class, x, y, w, h of every sprite (see experiments/export.py)
 """
 import functools
 import json
@@ -16,7 +18,8 @@ import numpy as np
 from absl import logging
 
 from diffusion import denoiser, samplers
-from experiments import checkpoints, data as data_lib, parallel, pictures, recipe, state as state_lib
+from experiments import (checkpoints, data as data_lib, export, parallel, pictures, recipe,
+                         state as state_lib)
 
 
 def parse_mix(spec: str, class_names) -> list[np.ndarray]:
@@ -48,9 +51,21 @@ def contexts(class_names, per_class: int, mix: str = ''):
   return ctx.reshape(-1, k), labels.astype(np.int32), len(class_names or [0]) + len(mixes)
 
 
-def make_sample_fn(model, config, mesh, frames: int):
-  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the movie), sharded on B."""
+def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str], list[str]]:
+  """(name, class) of each sprite in `contexts` order: 'food_drink_03', or 'mix1_03' of class 'mix1'."""
+  groups = list(class_names) or ['unconditional']
+  groups += [f'mix{m}' for m in range(len([p for p in mix.split(';') if p.strip()]))]
+  classes = [g for g in groups for _ in range(per_class)]
+  return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
+
+
+def make_sample_fn(model, config, mesh, frames: int, guidance: float | None = None):
+  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the movie), sharded on B.
+
+  `guidance` overrides sample.guidance (the guidance strip compiles one function per scale).
+  """
   s, d = config.sample, config.diffusion
+  guidance = s.guidance if guidance is None else guidance
   logsnr_fn = recipe.logsnr_fn(d)
   size = config.data.image_size
 
@@ -58,7 +73,7 @@ def make_sample_fn(model, config, mesh, frames: int):
     denoise = denoiser.make_denoiser(
         model_fn=lambda x, t, c: model.apply(params, x, t, c), logsnr_fn=logsnr_fn,
         context=context, prediction=d.prediction, sigma_data=d.sigma_data,
-        guidance=s.guidance, threshold=s.clip_x0, percentile=s.dynamic_percentile)
+        guidance=guidance, threshold=s.clip_x0, percentile=s.dynamic_percentile)
     return samplers.sample(denoise=denoise, logsnr_fn=logsnr_fn, keys=keys, shape=(size, size, 3),
                            sampler=s.sampler, steps=s.steps, eta=s.eta, frames=frames)
 
@@ -68,16 +83,22 @@ def make_sample_fn(model, config, mesh, frames: int):
   return jax.jit(fn, in_shardings=(rep, shard, shard), out_shardings=out)
 
 
-def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, frames: int):
-  """Sprites for every context row, in batches; sprite i's noise derives from (seed, i)."""
+def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, frames: int,
+             indices: np.ndarray | None = None):
+  """Sprites for every context row, in batches; row r's noise derives from (seed, indices[r]).
+
+  indices defaults to 0..N-1 (sprite i gets noise i). Repeating an index gives rows the same
+  noise, so that only their contexts differ (the interpolation grid, the guidance strip).
+  """
   n = len(context)
+  indices = np.arange(n) if indices is None else np.asarray(indices)
   batch = -(-min(batch_size, n) // mesh.size) * mesh.size
   base = jax.random.key(seed)
   images, movies = [], []
   for start in range(0, n, batch):
-    idx = np.arange(start, start + batch)
-    ctx = context[np.minimum(idx, n - 1)]
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(idx))
+    rows = np.minimum(np.arange(start, start + batch), n - 1)  # the last batch repeats row n - 1
+    ctx = context[rows]
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(indices[rows]))
     out = fn(params, keys, jnp.asarray(ctx))
     x, movie = out if frames else (out, None)
     images.append(data_lib.to_uint8(x))
@@ -124,17 +145,36 @@ def output_name(config, step: int) -> str:
   return f'step{step:06d}_{s.sampler}{s.steps}{guidance}'
 
 
+def movie_frames(images, movie, rows: int, upscale: int, sampler: str, steps: int):
+  """The denoising GIF: x_t beside the predicted x0 at each recorded step, then the result."""
+  xs, x0s = movie
+  recorded = np.round(np.linspace(0, steps - 1, len(xs))).astype(int)  # as samplers.sample picks
+  times = np.asarray(samplers.time_grid(steps))[recorded]
+  big = lambda x: pictures.upscale(pictures.grid(x, rows), upscale)
+  heads = ('x_t', 'predicted x_0')
+  frames = [pictures.labelled_grid([[big(x), big(x0)]], col_labels=heads,
+                                   title=f'{sampler}: step {i + 1}/{steps}, t={t:.2f}')
+            for i, t, x, x0 in zip(recorded, times, xs, x0s)]
+  frames.append(pictures.labelled_grid([[big(images)] * 2], col_labels=heads,
+                                       title=f'{sampler}: done, t=0'))
+  return frames
+
+
 def write_outputs(path_stem: str, images, labels, context, class_names, rows: int, movie,
-                  upscale: int) -> None:
+                  upscale: int, sampler: str = '', steps: int = 1) -> None:
   pictures.save_png(path_stem + '.png', pictures.grid(images, rows), upscale)
   np.savez_compressed(path_stem + '.npz', images=images, labels=labels, contexts=context,
                       class_names=np.asarray(class_names, dtype=str))
   if movie is not None:
-    xs, x0s = movie
-    frames = [np.concatenate([pictures.grid(x, rows), pictures.grid(x0, rows)], axis=1)
-              for x, x0 in zip(xs, x0s)]
-    frames.append(np.concatenate([pictures.grid(images, rows)] * 2, axis=1))
-    pictures.save_gif(path_stem + '.gif', frames, upscale)
+    pictures.save_gif(path_stem + '.gif', movie_frames(images, movie, rows, upscale, sampler, steps))
+
+
+def write_sheet(path_stem: str, images, class_names, sample_cfg) -> str:
+  """The sprite sheet and its atlas, one row per class (and mix) as in the grid."""
+  s = sample_cfg
+  names, classes = sprite_names(class_names, s.per_class, s.mix)
+  return export.write_sheet(path_stem, images, names, classes, columns=s.per_class,
+                            colors=s.sheet_colors, factor=s.sheet_upscale, tolerance=s.sheet_key)
 
 
 def run(config, workdir: str, *, params=None, step: int | None = None,
@@ -153,6 +193,9 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   images, movie = generate(fn, params, s.seed, context, s.batch_size, mesh, frames)
   stem = os.path.join(workdir, 'samples', output_name(config, step or 0))
   if jax.process_index() == 0:
-    write_outputs(stem, images, labels, context, class_names, rows, movie, s.upscale)
+    write_outputs(stem, images, labels, context, class_names, rows, movie, s.upscale, s.sampler,
+                  s.steps)
+    if s.sheet:
+      write_sheet(stem, images, class_names, s)
     logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
   return stem

@@ -1,0 +1,127 @@
+"""--mode=show: pictures that explain diffusion and what the context controls.
+
+Writes into <workdir>/show/:
+  forward.png, forward.gif  training sprites dissolving into noise under the configured
+                            schedule (needs only the data; see experiments/forward.py)
+and, once the workdir holds a checkpoint:
+  classes.png    one row per class, labelled (the same sprites as the sample grid)
+  mix.png        class A -> class B: columns mix the contexts as (1 - w) A + w B, w = 0 -> 1;
+                 each row keeps one starting noise, so only the context changes along it
+  guidance.png   one row per class, columns the guidance scales of show.guidance_scales;
+                 each row keeps one starting noise
+"""
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from experiments import data as data_lib, forward, parallel, pictures, recipe, sample
+
+
+def parse_scales(spec: str) -> list[float]:
+  try:
+    return [float(x) for x in spec.split(',') if x.strip()]
+  except ValueError:
+    raise ValueError(f'show.guidance_scales={spec!r}: want numbers separated by commas, '
+                     'e.g. 0,0.5,1,2,4.') from None
+
+
+def class_index(spec: str, class_names, default: int) -> int:
+  """A class named by name or index; '' gives `default`. Unknown names list the valid ones."""
+  if not spec:
+    return default
+  k = int(spec) if spec.isdigit() else class_names.index(spec) if spec in class_names else -1
+  if not 0 <= k < len(class_names):
+    raise ValueError(f'Unknown class {spec!r}; classes: {", ".join(class_names)} (or their indices).')
+  return k
+
+
+def _drawer(config, mesh, params, num_classes: int):
+  """draw(context [N, K], indices [N], guidance) -> uint8 sprites; one compiled fn per guidance."""
+  model = recipe.model(config.model, num_classes)
+  fns = {}
+
+  def draw(context, indices=None, guidance=None):
+    guidance = config.sample.guidance if guidance is None else guidance
+    if guidance not in fns:
+      fns[guidance] = sample.make_sample_fn(model, config, mesh, 0, guidance=guidance)
+    return sample.generate(fns[guidance], params, config.sample.seed, context,
+                           config.sample.batch_size, mesh, 0, indices=indices)[0]
+  return draw
+
+
+def _tiles(images: np.ndarray, rows: int, factor: int) -> list[list[np.ndarray]]:
+  cols = len(images) // rows
+  return [[pictures.upscale(images[r * cols + c], factor) for c in range(cols)] for r in range(rows)]
+
+
+def _settings(config) -> str:
+  s = config.sample
+  return f'{s.sampler}, {s.steps} steps'
+
+
+def classes_picture(draw, config, class_names) -> np.ndarray:
+  s = config.sample
+  context, _, _ = sample.contexts(class_names, s.per_class)
+  images = draw(context)
+  return pictures.labelled_grid(
+      _tiles(images, len(class_names), s.upscale), row_labels=class_names,
+      title=f'One row per class ({_settings(config)}, guidance {s.guidance:g})')
+
+
+def mix_picture(draw, config, class_names) -> np.ndarray:
+  """Rows: starting noises; columns: context (1 - w) A + w B for w from 0 to 1."""
+  v = config.show
+  a, b = class_index(v.class_a, class_names, 0), class_index(v.class_b, class_names, 1)
+  weights = np.linspace(0.0, 1.0, v.mix_steps)
+  onehot = np.eye(len(class_names), dtype=np.float32)
+  context = np.stack([(1 - w) * onehot[a] + w * onehot[b] for _ in range(v.mix_rows) for w in weights])
+  indices = np.repeat(np.arange(v.mix_rows), len(weights))  # one noise along each row
+  images = draw(context, indices)
+  return pictures.labelled_grid(
+      _tiles(images, v.mix_rows, config.sample.upscale), col_labels=[f'w={w:.2f}' for w in weights],
+      title=f'{class_names[a]} -> {class_names[b]}\ncontext = (1 - w) {class_names[a]} + w {class_names[b]}',
+      footer='each row starts from one noise: only the context changes along it')
+
+
+def guidance_picture(draw, config, class_names) -> np.ndarray:
+  """Rows: classes, each with one starting noise; columns: guidance scales."""
+  scales = parse_scales(config.show.guidance_scales)
+  k = len(class_names)
+  per_scale = [draw(data_lib.context(np.arange(k), k), np.arange(k), w) for w in scales]
+  images = np.stack(per_scale, axis=1).reshape((-1,) + per_scale[0].shape[1:])
+  return pictures.labelled_grid(
+      _tiles(images, k, config.sample.upscale), row_labels=class_names,
+      col_labels=[f'w={w:g}' for w in scales],
+      title=f'Classifier-free guidance (1 + w) cond - w uncond ({_settings(config)})',
+      footer='each row starts from one noise: only w changes along it')
+
+
+def run(config, workdir: str) -> list[str]:
+  """Write the pictures into <workdir>/show; returns their paths."""
+  recipe.validate(config)
+  parse_scales(config.show.guidance_scales)
+  out = os.path.join(workdir, 'show')
+  main = jax.process_index() == 0
+  written = list(forward.write(config, data_lib.load(config.data), out)) if main else []
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
+    return written
+  class_names = sample.dataset_classes(config, workdir)
+  if len(class_names) < 2:
+    raise ValueError('show needs a dataset with at least two classes for its context pictures.')
+  for spec, default in ((config.show.class_a, 0), (config.show.class_b, 1)):
+    class_index(spec, class_names, default)  # a typo fails before any sampling
+  mesh = parallel.make_mesh()
+  _, params = sample.restore_params(config, workdir, len(class_names), mesh)
+  draw = _drawer(config, mesh, params, len(class_names))
+  for name, make in (('classes', classes_picture), ('mix', mix_picture),
+                     ('guidance', guidance_picture)):
+    picture = make(draw, config, list(class_names))
+    if main:
+      written.append(os.path.join(out, name + '.png'))
+      pictures.save_png(written[-1], picture)
+  if main:
+    logging.info('Wrote %s', ', '.join(written))
+  return written
