@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from diffusion import gaussian
 
-Denoiser = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# (x_t [B, H, W, C], t, logsnr(t)) -> (x0_hat, eps_hat); t and logsnr are scalars or [B].
+Denoiser = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 THRESHOLDS = ('none', 'clip', 'dynamic')
 
 
@@ -37,13 +38,13 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
 
 
 def make_denoiser(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-                  logsnr_fn: Callable[[jax.Array], jax.Array], context: jax.Array,
-                  prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
+                  context: jax.Array, prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
                   threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
   """A denoiser for a batch whose context vectors are `context` [B, num_classes].
 
   model_fn(x_in, t, context) -> output, with x_in the (preconditioned) noisy image [B, H, W, C]
   and t [B]. With guidance != 0 the conditional and null-context halves run as one batch.
+  The schedule is not needed here: the sampler passes logsnr(t) along with t.
   """
   def output(x_t, t, logsnr):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
@@ -54,9 +55,9 @@ def make_denoiser(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.A
     cond, uncond = jnp.split(both, 2)
     return (1 + guidance) * cond - guidance * uncond
 
-  def denoise(x_t, t):
+  def denoise(x_t, t, logsnr):
     t = jnp.broadcast_to(t, x_t.shape[:1])
-    logsnr = logsnr_fn(t)
+    logsnr = jnp.broadcast_to(logsnr, x_t.shape[:1])
     x0, eps = gaussian.to_x0_eps(out=output(x_t, t, logsnr), x_t=x_t, logsnr=logsnr,
                                  prediction=prediction, sigma_data=sigma_data)
     if threshold == 'none':

@@ -1,9 +1,10 @@
 """Samplers: one step function each, one shared loop that runs inside a single jit.
 
-Every step moves x from time t to an earlier time s on a grid from t = 1 to t = 0 with
-`steps` intervals, using only a denoiser (x_t, t) -> (x0_hat, eps_hat) and the schedule.
-The step count is independent of the training T, and every sampler works with every
-schedule and prediction target. All formulas use (alpha, sigma) of the variance-preserving
+Every step moves x from time t to an earlier time s on a grid from t = 1 to t = 0, using
+only a denoiser (x_t, t, logsnr) -> (x0_hat, eps_hat). The schedule enters only as that
+grid of (t, logSNR(t)) values (EDM's "discretisation" switch), so the step count is
+independent of the training T, every sampler works with every schedule and prediction
+target, and one compiled sampler serves any schedule of the same length. All formulas use (alpha, sigma) of the variance-preserving
 process, so they stay finite at zero terminal SNR (alpha = 0 at t = 1).
 
 Randomness: sprite i's starting noise and its noise at step k derive from keys[i] alone
@@ -29,7 +30,7 @@ class Step(NamedTuple):
 
 def ddpm(denoise: Denoiser, x, step: Step, carry, **_):
   """Ancestral sampling (Ho et al. 2020): draw x_s from q(x_s | x_t, x0 = x0_hat)."""
-  x0, _ = denoise(x, step.t)
+  x0, _ = denoise(x, step.t, step.logsnr_t)
   mean, std = gaussian.posterior(x_t=x, x0=x0, logsnr_t=step.logsnr_t, logsnr_s=step.logsnr_s)
   return mean + std * step.noise, x0, carry
 
@@ -39,7 +40,7 @@ def ddim(denoise: Denoiser, x, step: Step, carry, *, eta: float = 0.0):
 
   c = eta * (posterior std), so eta = 0 is deterministic and eta = 1 matches ddpm.
   """
-  x0, eps = denoise(x, step.t)
+  x0, eps = denoise(x, step.t, step.logsnr_t)
   alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
   c = eta * jnp.sqrt(-jnp.expm1(step.logsnr_t - step.logsnr_s)) * sigma_s
   x_s = alpha_s * x0 + jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0)) * eps
@@ -54,7 +55,7 @@ def euler(denoise: Denoiser, x, step: Step, carry, **_):
   Written back in variance-preserving form this is x_s = alpha_s x0 + sigma_s eps: the
   same update as DDIM with eta = 0 (Karras et al. 2022, sec. 4), pinned by a test.
   """
-  x0, eps = denoise(x, step.t)
+  x0, eps = denoise(x, step.t, step.logsnr_t)
   alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
   return alpha_s * x0 + sigma_s * eps, x0, carry
 
@@ -68,14 +69,14 @@ def heun(denoise: Denoiser, x, step: Step, carry, **_):
   logSNR -20, sigma_ve ~ 2e4) make the first corrections ill-conditioned at few steps;
   pair heun with the edm schedule, or give it >= 50 steps.
   """
-  x0, eps = denoise(x, step.t)
+  x0, eps = denoise(x, step.t, step.logsnr_t)
   alpha_t, sigma_t = alpha_sigma(step.logsnr_t)
   alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
   x_euler = alpha_s * x0 + sigma_s * eps
   correct = (sigma_s > 0) & (alpha_t > 0)
 
   def corrected(_):
-    _, eps_s = denoise(x_euler, step.s)
+    _, eps_s = denoise(x_euler, step.s, step.logsnr_s)
     far = alpha_s * sigma_t / jnp.where(alpha_t > 0, alpha_t, 1.0)  # alpha_s * sigma_ve(t)
     return alpha_s * x0 + 0.5 * (sigma_s + far) * eps + 0.5 * (sigma_s - far) * eps_s
   return jax.lax.cond(correct, corrected, lambda _: x_euler, None), x0, carry
@@ -88,7 +89,7 @@ def dpmpp_2m(denoise: Denoiser, x, step: Step, carry, **_):
   last steps and D = x0_t + h / (2 h_prev) (x0_t - x0_prev) in between.
   """
   x0_prev, h_prev = carry
-  x0, _ = denoise(x, step.t)
+  x0, _ = denoise(x, step.t, step.logsnr_t)
   alpha_s, sigma_s = alpha_sigma(step.logsnr_s)
   _, sigma_t = alpha_sigma(step.logsnr_t)
   h = 0.5 * (step.logsnr_s - step.logsnr_t)
@@ -120,9 +121,10 @@ def get(name: str) -> Sampler:
   return SAMPLERS[name]
 
 
-def time_grid(steps: int) -> jax.Array:
-  """t_0 = 1 > t_1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does)."""
-  return jnp.linspace(1.0, 0.0, steps + 1)
+def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int):
+  """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does)."""
+  ts = jnp.linspace(1.0, 0.0, steps + 1)
+  return ts, logsnr_fn(ts)
 
 
 def initial_noise(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -135,23 +137,24 @@ def _step_noise(keys: jax.Array, i: jax.Array, shape: tuple[int, ...]) -> jax.Ar
 
 
 def _frame_slots(steps: int, frames: int) -> jax.Array:
-  """slot[i] = index of the frame recorded at step i, or -1: `frames` steps spread evenly."""
-  chosen = jnp.round(jnp.linspace(0, steps - 1, frames)).astype(jnp.int32)
+  """slot[i] = index of the frame recorded at step i, or -1: `frames` <= steps steps spread evenly."""
+  chosen = jnp.round(jnp.linspace(0, steps - 1, frames)).astype(jnp.int32)  # distinct: frames <= steps
   return jnp.full((steps,), -1, jnp.int32).at[chosen].set(jnp.arange(frames, dtype=jnp.int32))
 
 
-def sample(*, denoise: Denoiser, logsnr_fn: Callable[[jax.Array], jax.Array], keys: jax.Array,
-           shape: tuple[int, ...], sampler: str = 'ddpm', steps: int = 50, eta: float = 0.0,
-           frames: int = 0):
-  """Draw one sprite per key: x_1 ~ N(0, I), then `steps` steps of `sampler` to t = 0.
+def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Array,
+           shape: tuple[int, ...], sampler: str = 'ddpm', eta: float = 0.0, frames: int = 0):
+  """Draw one sprite per key: x_1 ~ N(0, I), then a `sampler` step per interval of `grid`.
 
-  Returns x0 [B, *shape], or with frames > 0 also (x_t, x0_hat) at `frames` evenly spread
-  steps, each [frames, B, *shape]: the denoising movie. Call it inside jit.
+  grid: (ts, logsnrs), each [steps + 1], from t = 1 down to t = 0 (see `time_grid`).
+  Returns x0 [B, *shape], or with frames > 0 also (x_t, x0_hat) at min(frames, steps) evenly
+  spread steps, each [frames, B, *shape]: the denoising movie. Call it inside jit.
   """
   spec = get(sampler)
   stochastic = spec.stochastic and (sampler != 'ddim' or eta > 0)
-  ts = time_grid(steps)
-  logsnrs = logsnr_fn(ts)
+  ts, logsnrs = grid
+  steps = ts.shape[0] - 1
+  frames = min(frames, steps)
   slots = _frame_slots(steps, max(frames, 1))
   x = initial_noise(keys, shape)
   movie = jnp.zeros((max(frames, 1), 2) + x.shape, x.dtype)

@@ -71,11 +71,11 @@ def make_sample_fn(model, config, mesh, frames: int, guidance: float | None = No
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
-        model_fn=lambda x, t, c: model.apply(params, x, t, c), logsnr_fn=logsnr_fn,
-        context=context, prediction=d.prediction, sigma_data=d.sigma_data,
-        guidance=guidance, threshold=s.clip_x0, percentile=s.dynamic_percentile)
-    return samplers.sample(denoise=denoise, logsnr_fn=logsnr_fn, keys=keys, shape=(size, size, 3),
-                           sampler=s.sampler, steps=s.steps, eta=s.eta, frames=frames)
+        model_fn=lambda x, t, c: model.apply(params, x, t, c), context=context,
+        prediction=d.prediction, sigma_data=d.sigma_data, guidance=guidance,
+        threshold=s.clip_x0, percentile=s.dynamic_percentile)
+    return samplers.sample(denoise=denoise, grid=samplers.time_grid(logsnr_fn, s.steps), keys=keys,
+                           shape=(size, size, 3), sampler=s.sampler, eta=s.eta, frames=frames)
 
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   movie_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
@@ -149,7 +149,7 @@ def movie_frames(images, movie, rows: int, upscale: int, sampler: str, steps: in
   """The denoising GIF: x_t beside the predicted x0 at each recorded step, then the result."""
   xs, x0s = movie
   recorded = np.round(np.linspace(0, steps - 1, len(xs))).astype(int)  # as samplers.sample picks
-  times = np.asarray(samplers.time_grid(steps))[recorded]
+  times = np.linspace(1.0, 0.0, steps + 1)[recorded]  # samplers.time_grid's t
   big = lambda x: pictures.upscale(pictures.grid(x, rows), upscale)
   heads = ('x_t', 'predicted x_0')
   frames = [pictures.labelled_grid([[big(x), big(x0)]], col_labels=heads,

@@ -14,15 +14,17 @@ def _keys(n, seed=0):
   return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.arange(n))
 
 
-def _run(denoise, logsnr_fn, n, shape, **kwargs):
-  fn = jax.jit(lambda keys: samplers.sample(denoise=denoise, logsnr_fn=logsnr_fn, keys=keys,
-                                            shape=shape, **kwargs))
+def _run(denoise, logsnr_fn, n, shape, steps, **kwargs):
+  grid = samplers.time_grid(logsnr_fn, steps)
+  fn = jax.jit(lambda keys: samplers.sample(denoise=denoise, grid=grid, keys=keys, shape=shape,
+                                            **kwargs))
   return np.asarray(fn(_keys(n)))
 
 
-def oracle(target, logsnr_fn):
-  def denoise(x_t, t):  # t: a scalar, as the samplers pass it
-    alpha, sigma = schedules.alpha_sigma(logsnr_fn(t))
+def oracle(target):
+  def denoise(x_t, t, logsnr):  # scalars, as the samplers pass them
+    del t
+    alpha, sigma = schedules.alpha_sigma(logsnr)
     x0 = jnp.broadcast_to(target, x_t.shape)
     return x0, jnp.where(sigma > 0, (x_t - alpha * x0) / jnp.where(sigma > 0, sigma, 1), 0)
   return denoise
@@ -34,7 +36,7 @@ def test_oracle_denoiser_lands_exactly_on_x0(sampler, steps):
   """If x0_hat is always the true x0, every sampler must end at x0 (exactly: logSNR(0) = inf)."""
   logsnr_fn = schedules.linear(timesteps=500)
   target = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
-  out = _run(oracle(target, logsnr_fn), logsnr_fn, 5, (4, 4, 3), sampler=sampler, steps=steps,
+  out = _run(oracle(target), logsnr_fn, 5, (4, 4, 3), sampler=sampler, steps=steps,
              eta=1.0 if sampler == 'ddim' else 0.0)
   np.testing.assert_allclose(out, np.broadcast_to(np.asarray(target), out.shape), atol=1e-5)
 
@@ -43,9 +45,10 @@ def test_oracle_denoiser_lands_exactly_on_x0(sampler, steps):
 MU, S = 0.3, 0.5
 
 
-def gaussian_denoiser(logsnr_fn):
-  def denoise(x_t, t):  # t: a scalar, as the samplers pass it
-    alpha, sigma = schedules.alpha_sigma(logsnr_fn(t))
+def gaussian_denoiser():
+  def denoise(x_t, t, logsnr):  # scalars, as the samplers pass them
+    del t
+    alpha, sigma = schedules.alpha_sigma(logsnr)
     x0 = MU + alpha * S**2 * (x_t - alpha * MU) / (alpha**2 * S**2 + sigma**2)
     eps = (x_t - alpha * MU) * sigma / (alpha**2 * S**2 + sigma**2)
     return x0, eps
@@ -59,7 +62,7 @@ def _moment_error(out):
 @pytest.mark.parametrize('sampler', ALL)
 def test_samples_converge_to_the_data_distribution(sampler):
   logsnr_fn = schedules.cosine()
-  denoise = gaussian_denoiser(logsnr_fn)
+  denoise = gaussian_denoiser()
   eta = 1.0 if sampler == 'ddim' else 0.0
   errors = {steps: _moment_error(_run(denoise, logsnr_fn, 4000, (4, 4, 1), sampler=sampler,
                                       steps=steps, eta=eta)) for steps in (2, 200)}
@@ -73,7 +76,7 @@ def test_deterministic_samplers_solve_the_probability_flow_ode(sampler, schedule
   """For Gaussian data the PF-ODE keeps each pixel's z-score: x0 = MU + S (x1 - a1 MU) / sqrt(a1^2 S^2 + s1^2)."""
   logsnr_fn = schedules.get(schedule)(**({'timesteps': 1000} if schedule == 'linear' else {}))
   steps = {'heun': 500, 'dpmpp_2m': 500}.get(sampler, 4000)  # 2nd order vs 1st order
-  out = _run(gaussian_denoiser(logsnr_fn), logsnr_fn, 64, (2, 2, 1), sampler=sampler, steps=steps)
+  out = _run(gaussian_denoiser(), logsnr_fn, 64, (2, 2, 1), sampler=sampler, steps=steps)
   x1 = np.asarray(samplers.initial_noise(_keys(64), (2, 2, 1)))
   a1, s1 = (float(v) for v in schedules.alpha_sigma(logsnr_fn(jnp.float32(1.0))))
   want = MU + S * (x1 - a1 * MU) / np.sqrt(a1**2 * S**2 + s1**2)
@@ -85,7 +88,7 @@ def test_deterministic_samplers_solve_the_probability_flow_ode(sampler, schedule
 def test_second_order_samplers_converge_faster_than_euler(sampler):
   """On EDM's schedule: error / 4 per doubling of steps (2nd order) against Euler's / 2."""
   logsnr_fn = schedules.edm()  # EDM's Heun assumes sigma_max ~ 80 (see diffusion.samplers.heun)
-  denoise = gaussian_denoiser(logsnr_fn)
+  denoise = gaussian_denoiser()
   x1 = np.asarray(samplers.initial_noise(_keys(64), (2, 2, 1)))
   (a1, s1), (a0, s0) = ((float(v) for v in schedules.alpha_sigma(logsnr_fn(jnp.float32(t))))
                         for t in (1.0, 0.0))
@@ -100,7 +103,7 @@ def test_second_order_samplers_converge_faster_than_euler(sampler):
 
 def test_euler_is_ddim_with_eta_zero():
   logsnr_fn = schedules.linear(timesteps=500)
-  denoise = gaussian_denoiser(logsnr_fn)
+  denoise = gaussian_denoiser()
   a = _run(denoise, logsnr_fn, 8, (2, 2, 1), sampler='euler', steps=13)
   b = _run(denoise, logsnr_fn, 8, (2, 2, 1), sampler='ddim', steps=13, eta=0.0)
   np.testing.assert_allclose(a, b, atol=1e-6)
@@ -109,7 +112,7 @@ def test_euler_is_ddim_with_eta_zero():
 @pytest.mark.parametrize('sampler', ALL)
 def test_zero_terminal_snr_start_stays_finite(sampler):
   logsnr_fn = schedules.rescale_zero_terminal_snr(schedules.linear(timesteps=500))
-  out = _run(gaussian_denoiser(logsnr_fn), logsnr_fn, 256, (2, 2, 1), sampler=sampler, steps=50,
+  out = _run(gaussian_denoiser(), logsnr_fn, 256, (2, 2, 1), sampler=sampler, steps=50,
              eta=1.0 if sampler == 'ddim' else 0.0)
   assert np.all(np.isfinite(out))
   assert _moment_error(out) < 0.1
@@ -117,7 +120,7 @@ def test_zero_terminal_snr_start_stays_finite(sampler):
 
 def test_sprite_i_is_the_same_at_any_batch_size():
   logsnr_fn = schedules.linear(timesteps=500)
-  denoise = gaussian_denoiser(logsnr_fn)
+  denoise = gaussian_denoiser()
   big = _run(denoise, logsnr_fn, 8, (3, 3, 1), sampler='ddpm', steps=20)
   small = _run(denoise, logsnr_fn, 3, (3, 3, 1), sampler='ddpm', steps=20)
   np.testing.assert_allclose(big[:3], small, atol=1e-6)
@@ -125,9 +128,9 @@ def test_sprite_i_is_the_same_at_any_batch_size():
 
 def test_movie_frames_start_from_noise_and_end_near_the_result():
   logsnr_fn = schedules.cosine()
-  fn = jax.jit(lambda keys: samplers.sample(denoise=gaussian_denoiser(logsnr_fn), logsnr_fn=logsnr_fn,
-                                            keys=keys, shape=(2, 2, 1), sampler='ddim', steps=10,
-                                            frames=4))
+  grid = samplers.time_grid(logsnr_fn, 10)
+  fn = jax.jit(lambda keys: samplers.sample(denoise=gaussian_denoiser(), grid=grid,
+                                            keys=keys, shape=(2, 2, 1), sampler='ddim', frames=4))
   x, (xs, x0s) = fn(_keys(6))
   assert xs.shape == x0s.shape == (4, 6, 2, 2, 1)
   np.testing.assert_allclose(np.asarray(xs[0]),
@@ -142,12 +145,12 @@ def test_guidance_combines_conditional_and_null_outputs():
   logsnr_fn = schedules.cosine()
   ctx = jnp.array([[1.0, 0.0], [0.4, 0.6]])
   x_t, t = jnp.zeros((2, 2, 2, 1)), jnp.full((2,), 0.5)
-  plain = denoiser.make_denoiser(model_fn=model_fn, logsnr_fn=logsnr_fn, context=ctx,
-                                 prediction='x0', threshold='none')
-  guided = denoiser.make_denoiser(model_fn=model_fn, logsnr_fn=logsnr_fn, context=ctx,
-                                  prediction='x0', guidance=2.0, threshold='none')
-  np.testing.assert_allclose(np.asarray(plain(x_t, t)[0]), 1.1, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(guided(x_t, t)[0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
+  plain = denoiser.make_denoiser(model_fn=model_fn, context=ctx, prediction='x0', threshold='none')
+  guided = denoiser.make_denoiser(model_fn=model_fn, context=ctx, prediction='x0', guidance=2.0,
+                                  threshold='none')
+  logsnr = logsnr_fn(t)
+  np.testing.assert_allclose(np.asarray(plain(x_t, t, logsnr)[0]), 1.1, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(guided(x_t, t, logsnr)[0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
 
 
 def test_dynamic_thresholding_keeps_samples_in_range():

@@ -1,0 +1,124 @@
+"""Prediction targets and loss weightings: round trips, closed forms, and target invariance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import gaussian, losses, schedules
+
+PREDICTIONS = gaussian.PREDICTIONS
+LOGSNR = jnp.array([-8.0, -2.0, 0.0, 1.5, 6.0])
+
+
+def _data(seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  return (jax.random.uniform(k1, (5, 4, 4, 3), minval=-1, maxval=1),
+          jax.random.normal(k2, (5, 4, 4, 3)))
+
+
+@pytest.mark.parametrize('prediction', PREDICTIONS)
+def test_target_round_trips_to_x0_and_eps(prediction):
+  x0, eps = _data()
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=LOGSNR)
+  out = gaussian.target(x0=x0, eps=eps, logsnr=LOGSNR, prediction=prediction, sigma_data=0.5)
+  x0_back, eps_back = gaussian.to_x0_eps(out=out, x_t=x_t, logsnr=LOGSNR, prediction=prediction,
+                                         sigma_data=0.5)
+  np.testing.assert_allclose(np.asarray(x0_back), np.asarray(x0), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(eps_back), np.asarray(eps), atol=2e-4)
+
+
+def test_v_is_alpha_eps_minus_sigma_x0_and_edm_with_unit_sigma_data_is_minus_v():
+  x0, eps = _data()
+  alpha, sigma = (np.asarray(a)[:, None, None, None] for a in schedules.alpha_sigma(LOGSNR))
+  v = gaussian.target(x0=x0, eps=eps, logsnr=LOGSNR, prediction='v')
+  np.testing.assert_allclose(np.asarray(v), alpha * np.asarray(eps) - sigma * np.asarray(x0), atol=1e-5)
+  f = gaussian.target(x0=x0, eps=eps, logsnr=LOGSNR, prediction='edm', sigma_data=1.0)
+  np.testing.assert_allclose(np.asarray(f), -np.asarray(v), atol=1e-5)
+
+
+def test_edm_scalings_match_karras_in_variance_exploding_form():
+  """c_in, c_skip, c_out of EDM (Table 1), acting on x_ve = x_t / alpha."""
+  sd = 0.5
+  alpha, sigma = (np.asarray(a) for a in schedules.alpha_sigma(LOGSNR))
+  s_ve = sigma / alpha
+  c_in, c_skip, c_out = (np.asarray(c) for c in gaussian.edm_scalings(LOGSNR, sd))
+  np.testing.assert_allclose(c_in * alpha, 1 / np.sqrt(s_ve**2 + sd**2), rtol=1e-5)
+  np.testing.assert_allclose(c_skip * alpha, sd**2 / (s_ve**2 + sd**2), rtol=1e-5)
+  np.testing.assert_allclose(c_out, s_ve * sd / np.sqrt(s_ve**2 + sd**2), rtol=1e-5)
+
+
+def test_posterior_matches_ddpm_beta_tilde():
+  """q(x_{t-1} | x_t, x0) of Ho et al. (eq. 6-7) on the course's discrete schedule."""
+  T = 500
+  betas = np.linspace(1e-4, 0.02, T)
+  ab = np.cumprod(1 - betas)
+  logsnr_fn = schedules.linear(timesteps=T)
+  x0, x_t = (np.random.default_rng(1).normal(size=(1, 2, 2, 1)) for _ in range(2))
+  for i in (1, 2, 100, 499):  # 1-based timestep t = i + 1 ... in the table's 0-based index i
+    t, ab_t, ab_s, beta = i + 1, ab[i], ab[i - 1], betas[i]
+    mean_ref = (np.sqrt(ab_s) * beta / (1 - ab_t)) * x0 + (np.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t)) * x_t
+    var_ref = (1 - ab_s) / (1 - ab_t) * beta
+    mean, std = gaussian.posterior(x_t=jnp.asarray(x_t, jnp.float32), x0=jnp.asarray(x0, jnp.float32),
+                                   logsnr_t=logsnr_fn(jnp.float32(t / T)),
+                                   logsnr_s=logsnr_fn(jnp.float32((t - 1) / T)))
+    np.testing.assert_allclose(np.asarray(mean), mean_ref, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(float(np.asarray(std).ravel()[0]) ** 2, var_ref, rtol=2e-3)
+
+
+def test_min_snr_weights_match_hang_et_al():
+  snr = np.exp(np.asarray(LOGSNR))
+  gamma = 5.0
+  want = {'eps': np.minimum(snr, gamma) / snr, 'x0': np.minimum(snr, gamma),
+          'v': np.minimum(snr, gamma) / (snr + 1)}
+  for prediction, ref in want.items():
+    got = losses.loss_weight('min_snr', logsnr=LOGSNR, prediction=prediction, min_snr_gamma=gamma)
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
+
+
+def test_edm_weighting_on_edm_prediction_is_plain_mse():
+  got = losses.loss_weight('edm', logsnr=LOGSNR, prediction='edm', sigma_data=0.5)
+  np.testing.assert_allclose(np.asarray(got), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('weighting', [w for w in losses.WEIGHTINGS if w != 'simple'])
+def test_a_weighting_means_the_same_for_every_prediction(weighting):
+  """The same x0_hat costs the same, whatever the network predicts (only 'simple' differs)."""
+  x0, eps = _data()
+  x0_hat = x0 + 0.1 * _data(1)[1]
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=LOGSNR)
+  eps_hat = gaussian.eps_from_x0(x_t=x_t, x0=x0_hat, logsnr=LOGSNR)
+  costs = []
+  for prediction in PREDICTIONS:
+    out = gaussian.target(x0=x0_hat, eps=eps_hat, logsnr=LOGSNR, prediction=prediction)
+    goal = gaussian.target(x0=x0, eps=eps, logsnr=LOGSNR, prediction=prediction)
+    w = losses.loss_weight(weighting, logsnr=LOGSNR, prediction=prediction,
+                           dlogsnr_dt=jnp.full_like(LOGSNR, -10.0))
+    costs.append(np.asarray(w * jnp.mean(jnp.square(out - goal), axis=(1, 2, 3))))
+  for c in costs[1:]:
+    np.testing.assert_allclose(c, costs[0], rtol=2e-3)
+
+
+def test_elbo_weight_uses_the_schedule_derivative():
+  logsnr_fn = schedules.cosine()
+  t = jnp.array([0.1, 0.5, 0.9])
+  x0, eps = _data()
+  x0, eps = x0[:3], eps[:3]
+  zero_model = lambda x, t_: jnp.zeros_like(x)  # eps_hat = 0: the loss is w * mean(eps^2)
+  got = losses.diffusion_loss(model_fn=zero_model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
+                              prediction='eps', weighting='elbo')
+  h = 1e-3
+  slope = (logsnr_fn(t + h) - logsnr_fn(t - h)) / (2 * h)
+  want = -0.5 * slope * jnp.mean(jnp.square(eps), axis=(1, 2, 3))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3)
+
+
+def test_simple_weighting_is_plain_mse_on_the_target():
+  logsnr_fn = schedules.linear(timesteps=500)
+  x0, eps = _data()
+  t = jnp.linspace(0.1, 0.9, 5)
+  model = lambda x, t_: x * 0.3
+  got = losses.diffusion_loss(model_fn=model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
+                              prediction='eps', weighting='simple')
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr_fn(t))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(jnp.mean((0.3 * x_t - eps) ** 2, axis=(1, 2, 3))),
+                             rtol=1e-5)
