@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'emoji'     # emoji | course | dawnlike | folder
-  c.data.manual_dir = ''      # folder holding the source files (course, dawnlike, folder)
+  c.data.manual_dir = ''      # source folder (course, dawnlike, folder), or a sheet file (folder)
   c.data.data_dir = '~/tensorflow_datasets'  # where prepared TFDS datasets live
   c.data.image_size = 16      # sprites are image_size x image_size RGB
   c.data.tile_size = 0        # folder: slice every image into tiles of this size (a sprite sheet); 0 = off

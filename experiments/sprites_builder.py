@@ -1,8 +1,14 @@
-"""The `sprites` TFDS dataset: one builder, one config per source and image size.
+"""The `sprites` TFDS dataset: one builder, one config per source, folder and image size.
 
 Features are `tfds.features.Tensor` and files `array_record`, so neither building nor
-reading needs TensorFlow. A config's name carries the source, the size and a hash of
-the source folder and options, so two folders never share a prepared dataset.
+reading needs TensorFlow. A config's name carries the source, the size and a hash of the
+source path, its files (names, sizes, times) and the options, so two folders, or one folder
+before and after an edit, never share a prepared dataset.
+
+TFDS writes into an `incomplete.*` folder and renames it only when every split is written,
+and every source is read in full (and checked) before the first example is written, so a
+failed build leaves nothing that loads. Each build also writes `preview.png` (a row per
+class) beside the data and prints its counts once; they are in `info.metadata` too.
 """
 import dataclasses
 import hashlib
@@ -10,8 +16,10 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
-from experiments.sources import catalogue, course, emoji
+from experiments import pictures
+from experiments.sources import catalogue, course, dawnlike, emoji, folder
 
 
 @dataclasses.dataclass
@@ -23,41 +31,91 @@ class SpritesConfig(tfds.core.BuilderConfig):
   test_fraction: float = 0.1
 
 
-def _class_names(cfg: SpritesConfig) -> list[str]:
-  return list(SOURCES[cfg.source][0](cfg))
-
-
-def _sprites(cfg: SpritesConfig):
-  return SOURCES[cfg.source][1](cfg)
-
-
 SOURCES = {
     'emoji': (lambda cfg: emoji.CLASS_NAMES, lambda cfg: emoji.sprites(cfg.image_size)),
     'course': (lambda cfg: course.CLASS_NAMES,
                lambda cfg: course.sprites(cfg.manual_dir, cfg.image_size)),
+    'dawnlike': (lambda cfg: dawnlike.CLASS_NAMES,
+                 lambda cfg: dawnlike.sprites(cfg.manual_dir, cfg.image_size)),
+    'folder': (lambda cfg: folder.class_names(cfg.manual_dir),
+               lambda cfg: folder.sprites(cfg.manual_dir, cfg.image_size, cfg.tile_size)),
 }
+LICENSES = {'emoji': emoji.LICENSE, 'dawnlike': dawnlike.LICENSE}
+PREVIEW = 'preview.png'
+
+
+def _class_names(cfg: SpritesConfig) -> list[str]:
+  return list(SOURCES[cfg.source][0](cfg))
+
+
+def _fingerprint(path: str) -> str:
+  """Names, sizes and modification times of the files at `path` (a file or a folder tree)."""
+  if not path:
+    return ''
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    return f'{stat.st_size}:{stat.st_mtime_ns}'
+  entries = []
+  for parent, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(parent, name)
+      stat = os.stat(full)
+      entries.append(f'{os.path.relpath(full, path)}:{stat.st_size}:{stat.st_mtime_ns}')
+  return hashlib.sha256('\n'.join(entries).encode()).hexdigest()
+
+
+def _check_manual_dir(source: str, manual_dir: str, tile_size: int) -> None:
+  if source == 'emoji':
+    return
+  if not manual_dir:
+    raise ValueError(f'data.source={source} reads files from a folder: pass '
+                     '--config.data.manual_dir=FOLDER.')
+  if source == 'folder' and os.path.isfile(manual_dir):
+    if tile_size <= 0:
+      raise ValueError(f'data.manual_dir={manual_dir} is a file: to slice it as a sprite sheet pass '
+                       '--config.data.tile_size=N (its tile size); otherwise pass its folder.')
+    return
+  if not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f'data.manual_dir={manual_dir} is not a folder.')
 
 
 def make_config(*, source: str, manual_dir: str = '', image_size: int = 16, tile_size: int = 0,
                 test_fraction: float = 0.1) -> SpritesConfig:
   if source not in SOURCES:
     raise ValueError(f'Unknown data.source {source!r}; valid: {", ".join(sorted(SOURCES))}.')
+  if image_size < 1 or tile_size < 0 or not 0 <= test_fraction < 1:
+    raise ValueError(f'data.image_size={image_size} must be >= 1, data.tile_size={tile_size} >= 0 '
+                     f'and data.test_fraction={test_fraction} in [0, 1).')
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else ''
-  if source != 'emoji' and not manual_dir:
-    raise ValueError(f'data.source={source} reads files from a folder: pass '
-                     '--config.data.manual_dir=FOLDER.')
-  if source != 'emoji' and not os.path.isdir(manual_dir):
-    raise FileNotFoundError(f'data.manual_dir={manual_dir} is not a folder.')
-  options = f'{manual_dir}|{tile_size}|{test_fraction}'
+  _check_manual_dir(source, manual_dir, tile_size)
+  options = f'{manual_dir}|{_fingerprint(manual_dir)}|{tile_size}|{test_fraction}'
   digest = hashlib.sha256(options.encode()).hexdigest()[:8]
   return SpritesConfig(name=f'{source}_{image_size}_{digest}', source=source,
                        manual_dir=manual_dir, image_size=image_size, tile_size=tile_size,
-                       test_fraction=test_fraction, description=f'{source} sprites from {manual_dir or "PyPI"}')
+                       test_fraction=test_fraction,
+                       description=f'{source} sprites from {manual_dir or "PyPI"}')
+
+
+def preview(splits: dict, class_names: list[str], per_class: int = 16) -> np.ndarray:
+  """One row per class (or 8 rows for an unconditional set) of sprites spread evenly over it."""
+  everything = [s for part in splits.values() for s in part]
+  labels = list(range(len(class_names))) or [-1]
+  rows = []
+  for label in labels:
+    members = [s.image for s in everything if s.label == label]
+    count = per_class if class_names else per_class * 8
+    picks = np.unique(np.linspace(0, len(members) - 1, min(count, len(members))).round().astype(int))
+    blank = np.full_like(everything[0].image, 255)
+    rows += [members[i] for i in picks] + [blank] * (count - len(picks))
+  return pictures.grid(np.stack(rows), len(labels) if class_names else 8, background=160)
 
 
 class Sprites(tfds.core.GeneratorBasedBuilder):
-  """Sprites, RGB on white, with a class label and a group id (split by group)."""
-  VERSION = tfds.core.Version('1.0.0')
+  """Sprites, RGB on white, with a class label, a group id (split by group) and their origin."""
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'DawnLike and folder sources; variants grouped; origin kept; preview.',
+                   '1.0.0': 'Emoji and course sources.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
@@ -67,22 +125,37 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
             'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
             'label': tfds.features.Tensor(shape=(), dtype=np.int64),
             'group': tfds.features.Tensor(shape=(), dtype=np.int64),
+            'origin': tfds.features.Tensor(shape=(), dtype=np.str_),  # file, sheet row/col, index
         }),
         metadata=tfds.core.MetadataDict(),
         description=self.builder_config.description)
 
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
-    sprites, dropped = catalogue.deduplicate(_sprites(cfg))
-    if not sprites:
+    names = _class_names(cfg)
+    built = catalogue.prepare(SOURCES[cfg.source][1](cfg), cfg.test_fraction)
+    splits = {name: part for name, part in built.splits.items() if part}
+    if not splits:
       raise ValueError(f'data.source={cfg.source}: no usable sprites found in {cfg.manual_dir}.')
-    splits = catalogue.split(sprites, cfg.test_fraction)
-    groups = {name: i for i, name in enumerate(sorted({s.group for s in sprites}))}
-    self.info.metadata.update(class_names=_class_names(cfg), duplicates_removed=dropped,
-                              counts=catalogue.counts(splits, _class_names(cfg)),
-                              num_groups=len(groups))
+    if 'test' not in splits and cfg.test_fraction > 0:
+      logging.warning('data.source=%s: all %d sprites form one group of variants, so there is no '
+                      '`test` split.', cfg.source, len(splits['train']))
+    counts = catalogue.counts(splits, names)
+    self.info.metadata.update(
+        class_names=names, counts=counts, duplicates_removed=built.duplicates_removed,
+        num_groups=built.num_groups, license=LICENSES.get(cfg.source, ''))
+    pictures.save_png(os.path.join(self.data_dir, PREVIEW), preview(splits, names), 4)
+    self._summary = (f'Built {self.name}/{cfg.name}: {sum(map(len, splits.values())):,} sprites in '
+                     f'{built.num_groups:,} groups of variants, {built.duplicates_removed:,} exact '
+                     f'duplicates removed.\n{catalogue.summary(counts, names)}')
+    groups = {name: i for i, name in enumerate(sorted({s.group for p in splits.values() for s in p}))}
     return {name: self._generate_examples(part, groups) for name, part in splits.items()}
 
   def _generate_examples(self, sprites, groups):
     for i, sprite in enumerate(sprites):
-      yield i, {'image': sprite.image, 'label': sprite.label, 'group': groups[sprite.group]}
+      yield i, {'image': sprite.image, 'label': sprite.label, 'group': groups[sprite.group],
+                'origin': sprite.origin}
+
+  def _post_download_and_prepare_hook(self) -> None:
+    """Runs only after the dataset was written and renamed into place: print its counts once."""
+    print(f'{self._summary}\nPreview: {os.path.join(self.data_dir, PREVIEW)}', flush=True)

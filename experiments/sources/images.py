@@ -58,3 +58,38 @@ def resize(image: np.ndarray, size: int, method: str | None = None) -> np.ndarra
     return image[step // 2::step, step // 2::step]
   resample = Image.Resampling.BOX
   return np.asarray(Image.fromarray(image).resize((size, size), resample))
+
+
+def visible_pixels(rgb: np.ndarray) -> np.ndarray:
+  """uint8 [..., H, W, 3] -> [...]: how many pixels are not pure white (after compositing)."""
+  return np.sum(np.any(rgb != 255, axis=-1), axis=(-2, -1))
+
+
+def tiles(image: np.ndarray, size: int):
+  """(row, col, tile) for every whole size x size tile of a sheet, row by row (partial edges left out)."""
+  for row in range(image.shape[0] // size):
+    for col in range(image.shape[1] // size):
+      yield row, col, image[row * size:(row + 1) * size, col * size:(col + 1) * size]
+
+
+def fit_method(height: int, width: int, size: int) -> str:
+  """`resize_method`, plus 'upscale' (nearest, by a whole factor) for smaller sprites whose side
+  divides `size`.
+
+  Raises ValueError, with the reason, for sprites that would be distorted (not square) or blurred
+  (grown by a fraction).
+  """
+  if height != width:
+    raise ValueError(f'{width}x{height} is not square')
+  if height < size and size % height:
+    raise ValueError(f'{width}x{height} is smaller than {size}x{size} and {height} does not '
+                     f'divide {size}')
+  return 'upscale' if height < size else resize_method(height, width, size)
+
+
+def fit(image: np.ndarray, size: int, method: str) -> np.ndarray:
+  """Square uint8 image -> [size, size, C] with a method from `fit_method`."""
+  if method == 'upscale':
+    factor = size // image.shape[0]
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+  return resize(image, size, method)
