@@ -4,6 +4,7 @@
   python launch.py --config=configs/sprites.py:smoke --config.train.steps=40
   python launch.py --config=configs/sprites.py:cpu --mode=sample --config.sample.sampler=ddim
   python launch.py --config=configs/sprites.py:cpu --mode=show   # forward process, context pictures
+  python launch.py --config=configs/sprites.py:cpu --mode=eval   # quality vs real, memorization audit
 
 The config file's presets are chosen after the colon; any key can be overridden with
 --config.<section>.<key>=VALUE (unknown keys and wrong types fail here, by name).
@@ -16,7 +17,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; default runs/<config>[-<preset>].')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
                           'What to do (show: pictures of the forward process and the context).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
 
@@ -49,8 +50,9 @@ def main(argv):
     jax.config.update('jax_compilation_cache_dir', cache)
   logging.info('%s (%s) -> %s on %d %s device(s)', _MODE.value, config.preset or 'default',
                workdir, jax.device_count(), jax.default_backend())
-  from experiments import sample, show, train  # pylint: disable=import-outside-toplevel
-  {'train': train.run, 'sample': sample.run, 'show': show.run}[_MODE.value](config, workdir)
+  from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
+  {'train': train.run, 'sample': sample.run, 'show': show.run,
+   'eval': evaluate.run}[_MODE.value](config, workdir)
 
 
 if __name__ == '__main__':

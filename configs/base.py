@@ -96,4 +96,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.runtime = ml_collections.ConfigDict()
   c.runtime.compile_cache = True  # JAX persistent compilation cache in <workdir>/../.jax_cache
+
+  c.eval = ml_collections.ConfigDict()  # --mode=eval, the end of training, every train.eval_every
+  c.eval.at_end = True          # evaluate when training ends (the smoke preset turns it off)
+  c.eval.num_samples = 1_000    # sprites drawn per evaluation, classes as in the train split
+  c.eval.samples = ''           # evaluate this samples .npz (from --mode=sample) instead of drawing
+  c.eval.reference = 'test'     # split the samples are compared with: test (held out) | train
+  c.eval.near_copy = 2.0        # near copy: mean |pixel diff| (0-255) to a training sprite <= this
+  c.eval.knn = 3                # k of the k-NN manifolds for precision / recall (Kynkaanniemi 2019)
+  c.eval.repeats = 10           # metrics averaged over this many redrawn halves of the reference
+  c.eval.seed = 0               # the halves of the reference and the order of the samples
+  c.eval.batch_size = 1024      # rows per block of the feature network and of pairwise distances
+  c.eval.feature_steps = 1_000  # training steps of the sprite feature network (in its cache key)
+  c.eval.feature_seed = 0       # its seed (in its cache key)
+  c.eval.nearest_shown = 24     # closest samples drawn in nearest.png
   return c

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import checkpoints, data as data_lib, logs, parallel, recipe, sample
+from experiments import checkpoints, data as data_lib, evaluate, logs, parallel, recipe, sample
 from experiments import state as state_lib, train_step
 
 
@@ -50,6 +50,7 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def run(config, workdir: str):
   recipe.validate(config)
+  evaluate.check_config(config.eval)
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   data = data_lib.load(config.data, 'train')
   write_json(os.path.join(workdir, 'data.json'),
@@ -66,6 +67,9 @@ def run(config, workdir: str):
   state = _train_loop(config, workdir, state, data, model, tx, mngr, mesh)
   sample.run(config, workdir, params=state.ema_params if config.sample.use_ema else state.params,
              step=int(state.step), class_names=data.class_names)
+  if config.eval.at_end:
+    evaluate.run(config, workdir, step=int(state.step),
+                 params=state.ema_params if config.sample.use_ema else state.params)
   return state
 
 
@@ -94,5 +98,7 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh):
     if t.sample_every and _crossed(before, step, t.sample_every) and not done:
       sample.run(config, workdir, params=state.ema_params, step=step,
                  class_names=data.class_names)
+    if t.eval_every and _crossed(before, step, t.eval_every) and not done:
+      evaluate.run(config, workdir, params=state.ema_params, step=step)
   writer.close()
   return state

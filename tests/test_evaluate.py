@@ -1,0 +1,150 @@
+"""--mode=eval end to end on a tiny run; the floor; the audit on real copies; bad input fails."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from experiments import data as data_lib, evaluate, features, train
+
+# A feature network of a few steps: the pipeline, not its quality, is under test here.
+QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
+
+
+def _eval_config(data_dir, **overrides):
+  return tiny_config(data_dir, **{**QUICK, **overrides})
+
+
+def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  config = _eval_config(data_dir, **{'eval.at_end': True, 'eval.num_samples': 24,
+                                     'sample.gif': False})
+  train.run(config, workdir)
+  report = json.load(open(os.path.join(workdir, 'eval.json')))
+  assert report['step'] == 2 and report['samples']['count'] == 24
+  assert report['reference'] == {'split': 'test', 'count': report['reference']['count']}
+  assert report['set_size'] == 24 and report['repeats'] == 2
+  for name in ('fid', 'kid', 'precision', 'recall'):
+    assert {'samples', 'samples_std', 'floor', 'floor_std', 'ratio'} <= set(report[name])
+  assert report['fid']['floor'] > 0 and not report['fid']['stable']
+  assert any('FID' in w for w in report['warnings']), 'too few samples must be flagged'
+  assert 0 <= report['conditional_accuracy']['samples'] <= 1
+  assert report['feature_net']['version'] == features.VERSION
+  mem = report['memorization']
+  assert mem['samples']['count'] == 24
+  assert mem['real_heldout']['count'] == report['reference']['count']
+  assert set(report['seconds']) == {'data', 'sampling', 'feature_net', 'metrics', 'total'}
+  png = Image.open(os.path.join(workdir, 'nearest.png'))
+  assert png.size[0] > 3 * 64 and png.size[1] > 2 * 64  # 6 cases, 3 per row, 4x sprites
+  assert os.path.exists(os.path.join(workdir, 'eval', 'step000002_ddim4.json'))
+  again = np.load(os.path.join(workdir, 'eval', 'step000002_ddim4_samples.npz'))
+  assert again['images'].shape == (24, 16, 16, 3) and again['labels'].shape == (24,)
+
+
+def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir):
+  config = _eval_config(data_dir)
+  real = data_lib.load(config.data, 'train')
+  copies = np.concatenate([real.images[:100], real.images[100:200, :, ::-1]])  # half mirrored
+  path = str(tmp_path / 'copies.npz')
+  np.savez(path, images=copies, labels=real.labels[:200])
+  config.eval.samples = path
+  report = evaluate.run(config, str(tmp_path / 'eval'))
+  samples, heldout = report['memorization']['samples'], report['memorization']['real_heldout']
+  assert samples['exact_copy_rate'] == 1.0 and samples['near_copy_rate'] == 1.0
+  # Symmetric sprites match either way round, so about half, not exactly.
+  assert samples['mirrored_share'] == pytest.approx(0.5, abs=0.05)
+  assert heldout['exact_copy_rate'] == 0.0 and heldout['near_copy_rate'] < 0.05
+  assert report['memorization']['pixel_closer_than_heldout_p5'] == 1.0
+  assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_nearest.png'))
+
+
+def _features(rng, n, shift=0.0):
+  centres = rng.normal(size=(6, 8)) * 3
+  return (centres[rng.integers(0, 6, n)] + rng.normal(size=(n, 8)) + shift).astype(np.float32)
+
+
+def test_the_floor_is_positive_and_small_and_real_samples_score_like_it():
+  rng = np.random.default_rng(0)
+  ref, groups = _features(rng, 400), np.arange(400) // 2  # groups of two variants
+  cfg = ml_collections.ConfigDict({'seed': 0, 'repeats': 4, 'knn': 3, 'batch_size': 128})
+  rng = np.random.default_rng(0)  # the same mixture centres, fresh points
+  like_real = evaluate.distribution_metrics(_features(rng, 800), ref, groups, cfg)
+  shifted = _features(np.random.default_rng(0), 800, shift=2.0)
+  off = evaluate.distribution_metrics(shifted, ref, groups, cfg)
+  assert like_real['set_size'] == 200
+  floor = like_real['fid']['floor']
+  assert 0 < floor < 0.1 * off['fid']['samples']
+  assert like_real['fid']['ratio'] < 1.5 < off['fid']['ratio']
+  assert abs(like_real['kid']['samples']) < off['kid']['samples'] / 10
+  assert off['precision']['samples'] < 0.5 * like_real['precision']['samples']
+
+
+def test_group_halves_keep_groups_together_and_cover_the_split():
+  groups = np.repeat(np.arange(50), 3)
+  a, b = evaluate.group_halves(groups, seed=1)
+  assert not set(groups[a]) & set(groups[b])
+  assert sorted(np.concatenate([a, b])) == list(range(150)) and abs(len(a) - len(b)) <= 3
+
+
+def test_samples_follow_the_training_class_proportions():
+  labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+  drawn = evaluate.proportional_labels(labels, 3, 25)
+  assert list(np.bincount(drawn)) == [15, 8, 2] or list(np.bincount(drawn)) == [15, 7, 3]
+  assert len(drawn) == 25 and list(evaluate.proportional_labels(labels, 0, 3)) == [-1, -1, -1]
+
+
+def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
+  config = _eval_config(data_dir)
+  real = data_lib.load(config.data, 'train')
+  a = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
+  b = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  config.data.data_dir = str(tmp_path)  # a fresh cache folder, the same dataset name
+  test = data_lib.load(config.data, 'test')
+  first = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
+  again = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
+  assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
+  f1, f2 = features.embed(first, test.images[:10])[0], features.embed(again, test.images[:10])[0]
+  np.testing.assert_array_equal(f1, f2)
+
+
+@pytest.mark.parametrize('images, message', [
+    (np.zeros((4, 16, 16, 3), np.float32), 'float32'),
+    (np.zeros((4, 32, 32, 3), np.uint8), 'image_size'),
+    (np.zeros((0, 16, 16, 3), np.uint8), 'non-empty'),
+])
+def test_bad_sample_files_fail_clearly(tmp_path, data_dir, images, message):
+  path = str(tmp_path / 'bad.npz')
+  np.savez(path, images=images)
+  with pytest.raises(ValueError, match=message):
+    evaluate.run(_eval_config(data_dir, **{'eval.samples': path}), str(tmp_path))
+
+
+def test_missing_inputs_fail_clearly(tmp_path, data_dir):
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    evaluate.run(_eval_config(data_dir), str(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError, match='no such file'):
+    evaluate.run(_eval_config(data_dir, **{'eval.samples': str(tmp_path / 'x.npz')}), str(tmp_path))
+  with pytest.raises(ValueError, match='eval.reference'):
+    evaluate.run(_eval_config(data_dir, **{'eval.reference': 'val'}), str(tmp_path))
+
+
+def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
+  """Heusel et al.'s sanity check: more damage, larger distance to real sprites."""
+  config = _eval_config(data_dir)
+  real, test = data_lib.load(config.data, 'train'), data_lib.load(config.data, 'test')
+  net = features.load_or_train(config.data, 'emoji_quick', real, test, steps=20, seed=0)
+  ref_f = features.embed(net, test.images)[0]
+  clean = data_lib.to_model(real.images[:300])
+  rng = np.random.default_rng(0)
+  fids = []
+  for sigma in (0.0, 0.1, 0.3):
+    noisy = data_lib.to_uint8(clean + sigma * rng.normal(size=clean.shape))
+    report = evaluate.distribution_metrics(features.embed(net, noisy)[0], ref_f, test.groups,
+                                           config.eval)
+    fids.append(report['fid']['samples'])
+  assert fids[0] < fids[1] < fids[2] and fids[2] > 2 * report['fid']['floor']

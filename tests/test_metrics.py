@@ -1,0 +1,143 @@
+"""The metric math against float64 references and closed forms; the audit's copy detection."""
+from math import comb
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from experiments import metrics
+
+
+def _gaussian(rng, n, d, shift=0.0, scale=1.0):
+  mix = rng.normal(size=(d, d)) / np.sqrt(d)
+  return (rng.normal(size=(n, d)) * scale) @ mix + shift
+
+
+def _fid_reference(x, y):
+  """The textbook formula in float64 with scipy's general sqrtm."""
+  m1, m2 = x.mean(0), y.mean(0)
+  c1, c2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  covmean = scipy.linalg.sqrtm(c1 @ c2).real
+  return float(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * covmean))
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+  x = _gaussian(np.random.default_rng(0), 2000, 32, scale=3.0)
+  trace = np.trace(np.cov(x, rowvar=False))
+  assert abs(float(metrics.fid(x, x))) < 1e-5 * trace
+
+
+def test_fid_matches_the_float64_formula():
+  rng = np.random.default_rng(1)
+  x, y = _gaussian(rng, 3000, 16), _gaussian(rng, 2000, 16, shift=0.3, scale=1.5)
+  np.testing.assert_allclose(float(metrics.fid(x, y)), _fid_reference(x, y), rtol=1e-3)
+
+
+def _moments(mu, cov):
+  """E[x], E[x x], E[x x x] of N(mu, cov) as tensors."""
+  m3 = np.einsum('a,b,c->abc', mu, mu, mu)
+  m3 = m3 + np.einsum('a,bc->abc', mu, cov) + np.einsum('b,ac->abc', mu, cov)
+  m3 = m3 + np.einsum('c,ab->abc', mu, cov)
+  return [1.0, mu, cov + np.outer(mu, mu), m3]
+
+
+def _kernel_mean(p, q, d):
+  """E k(x, y), x ~ P, y ~ Q independent: (x.y/d + 1)^3 = sum_j C(3,j) (x.y)^j / d^j, and
+  E (x.y)^j is the inner product of the j-th moment tensors."""
+  return sum(comb(3, j) * np.sum(np.multiply(p[j], q[j])) / d**j for j in range(4))
+
+
+def test_kid_is_unbiased_on_gaussians_with_known_answer():
+  d, n, trials = 4, 30, 300
+  mu_p, mu_q = np.zeros(d), np.full(d, 0.25)
+  cov_p, cov_q = np.eye(d), np.diag([1.0, 1.2, 0.8, 1.0])
+  p, q = _moments(mu_p, cov_p), _moments(mu_q, cov_q)
+  exact = _kernel_mean(p, p, d) + _kernel_mean(q, q, d) - 2 * _kernel_mean(p, q, d)
+  rng = np.random.default_rng(2)
+  lp, lq = np.linalg.cholesky(cov_p), np.linalg.cholesky(cov_q)
+  same, diff = [], []
+  for _ in range(trials):
+    x = rng.normal(size=(n, d)) @ lp.T + mu_p
+    y = rng.normal(size=(n, d)) @ lq.T + mu_q
+    x2 = rng.normal(size=(n, d)) @ lp.T + mu_p
+    diff.append(float(metrics.kid(x, y, block=8)))  # block < n: the blocked sums and padding
+    same.append(float(metrics.kid(x, x2, block=8)))
+  se = lambda v: np.std(v) / np.sqrt(trials)
+  assert exact > 10 * se(diff), 'the test needs a clearly non-zero answer'
+  assert abs(np.mean(diff) - exact) < 4 * se(diff)
+  assert abs(np.mean(same)) < 4 * se(same)
+
+
+def test_kid_blocks_do_not_change_the_value():
+  rng = np.random.default_rng(3)
+  x, y = _gaussian(rng, 101, 8), _gaussian(rng, 77, 8, shift=0.2)
+  np.testing.assert_allclose(float(metrics.kid(x, y, block=16)),
+                             float(metrics.kid(x, y, block=512)), rtol=1e-4, atol=1e-6)
+
+
+def test_knn_radii_match_brute_force():
+  x = np.random.default_rng(4).normal(size=(50, 5)).astype(np.float32)
+  d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+  np.testing.assert_allclose(np.asarray(metrics.knn_radii(x, 3, block=16)),
+                             np.sort(d, axis=1)[:, 3], rtol=1e-4)
+
+
+def test_precision_recall_tell_fidelity_from_diversity():
+  rng = np.random.default_rng(5)
+  real = rng.normal(size=(500, 4))
+  p, r = metrics.precision_recall(real, rng.normal(size=(500, 4)))
+  assert p > 0.85 and r > 0.85, 'same distribution: both high'
+  collapsed = rng.normal(size=(500, 4)) * 0.1  # every sample in one small mode
+  p, r = metrics.precision_recall(real, collapsed)
+  assert p > 0.95 and r < 0.3, 'mode collapse: faithful but not diverse'
+  p, r = metrics.precision_recall(real, rng.normal(size=(500, 4)) + 10.0)
+  assert p == 0 and r == 0, 'off the manifold: neither'
+
+
+def test_nearest_l2_matches_brute_force():
+  rng = np.random.default_rng(6)
+  q, k = rng.normal(size=(37, 8)), rng.normal(size=(90, 8))
+  d = np.sqrt(((q[:, None] - k[None]) ** 2).sum(-1))
+  idx, dist = metrics.nearest_l2(q, k, block=8)
+  np.testing.assert_array_equal(np.asarray(idx), d.argmin(1))
+  np.testing.assert_allclose(np.asarray(dist), d.min(1), rtol=1e-4, atol=1e-4)
+
+
+def _sprites(rng, n):
+  """Blocky random sprites (4x4 colour cells), so that they are far apart from each other."""
+  cells = rng.integers(0, 256, size=(n, 4, 4, 3), dtype=np.uint8)
+  return np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)
+
+
+def test_nearest_mad_is_exact_and_finds_copies_and_mirrors():
+  rng = np.random.default_rng(7)
+  train = _sprites(rng, 300)
+  keys = np.asarray(metrics.with_mirrors(train))
+  edited = train[:20].copy()
+  edited[:, 0, 0] = 255 - edited[:, 0, 0]  # one pixel repainted: a near copy
+  queries = np.concatenate([train[:50], train[50:100, :, ::-1], edited, _sprites(rng, 30)])
+  idx, dist = (np.asarray(a) for a in metrics.nearest_mad(queries, keys, block=32))
+  brute = np.abs(queries.reshape(len(queries), 1, -1).astype(int)
+                 - keys.reshape(1, len(keys), -1).astype(int)).mean(-1)
+  np.testing.assert_allclose(dist, brute.min(1), rtol=1e-6)
+  np.testing.assert_array_equal(idx[:50], np.arange(50))
+  np.testing.assert_array_equal(idx[50:100], np.arange(50, 100) + 300)  # matched to the mirror
+  assert np.all(dist[:100] == 0) and np.all((dist[100:120] > 0) & (dist[100:120] <= 1.0))
+
+
+def test_copy_rates_of_copies_and_of_new_sprites():
+  rng = np.random.default_rng(8)
+  train = _sprites(rng, 200)
+  keys = metrics.with_mirrors(train)
+  copied = np.concatenate([train[:100], train[100:, :, ::-1]])
+  rates = metrics.copy_rates(metrics.nearest_mad(copied, keys)[1], near_threshold=2.0)
+  assert float(rates['exact']) == 1.0 and float(rates['near']) == 1.0
+  rates = metrics.copy_rates(metrics.nearest_mad(_sprites(rng, 100), keys)[1], near_threshold=2.0)
+  assert float(rates['exact']) == 0.0 and float(rates['near']) == 0.0
+
+
+@pytest.mark.parametrize('n', [1, 7, 64])
+def test_map_row_blocks_handles_any_row_count(n):
+  x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+  out = metrics.map_row_blocks(lambda b: b.sum(1), x, 16)
+  np.testing.assert_allclose(np.asarray(out), x.sum(1))
