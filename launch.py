@@ -40,11 +40,13 @@ def default_workdir(config) -> str:
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
+  from experiments import parallel  # pylint: disable=import-outside-toplevel
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
+  parallel.configure_cpu_devices(config.runtime.cpu_devices, config.train.batch_size)
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
   if config.runtime.compile_cache:
     cache = os.path.join(os.path.dirname(os.path.abspath(workdir)), '.jax_cache')
     jax.config.update('jax_compilation_cache_dir', cache)

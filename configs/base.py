@@ -96,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.runtime = ml_collections.ConfigDict()
   c.runtime.compile_cache = True  # JAX persistent compilation cache in <workdir>/../.jax_cache
+  c.runtime.cpu_devices = 0       # on CPU, XLA devices the batch is split over; 0 = one per core
 
   c.eval = ml_collections.ConfigDict()  # --mode=eval, the end of training, every train.eval_every
   c.eval.at_end = True          # evaluate when training ends (the smoke preset turns it off)

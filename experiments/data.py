@@ -3,6 +3,7 @@ import dataclasses
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
 from experiments import sprites_builder
@@ -33,6 +34,7 @@ def load(data_cfg, split: str = 'train') -> SpriteData:
   b = builder(data_cfg)
   if not b.is_prepared():
     logging.info('Preparing sprites dataset %s in %s (once).', b.builder_config.name, b.data_dir)
+    tfds.display_progress_bar(False)  # the build prints its own summary
     b.download_and_prepare()
   source = b.as_data_source(split=split)
   records = source.__getitems__(list(range(len(source))))

@@ -1,0 +1,225 @@
+"""Speed figures as JSON lines: training images/s, sampling sprites/s, time to first step, memory.
+
+  python -m experiments.benchmark                 # the full set (meant for a GPU)
+  python -m experiments.benchmark --quick         # a few steps of each: CPU / CI friendly
+  python -m experiments.benchmark --quick --peer=../shared/bench/ref_torch.py --peer_python=python
+
+With --peer, the PyTorch peer runs in the same invocation on the same machine and ratio
+lines (this project / peer) follow. Every line names the device, the jax version and the
+settings. Training runs on synthetic sprites (speed does not depend on pixel values).
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import sprites
+from diffusion import denoiser, samplers
+from experiments import parallel, recipe, state as state_lib, train_step
+
+_QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
+_WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'], 'Which figures to measure.')
+_PEER = flags.DEFINE_string('peer', '', 'Path of the PyTorch peer (ref_torch.py) to run alongside.')
+_PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable, 'Python that has torch.')
+_STEPS_PER_DISPATCH = flags.DEFINE_integer(
+    'steps_per_dispatch', 0, 'Train steps per jitted call; 0 = 1 on CPU, 10 on accelerators.')
+
+COURSE_CLASSES = 5
+
+
+def emit(record: dict) -> dict:
+  dev = jax.devices()[0]
+  record = {**record, 'device': dev.device_kind, 'platform': dev.platform,
+            'num_devices': jax.device_count(), 'jax': jax.__version__}
+  print(json.dumps(record), flush=True)
+  return record
+
+
+def peak_memory_mb() -> float:
+  """Peak device memory on accelerators; the process's peak resident memory on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _course_config(batch: int, dtype: str, n_feat: int = 64):
+  c = sprites.get_config('course')
+  c.model.update(n_feat=n_feat, dtype=dtype)
+  c.train.batch_size = batch
+  return c
+
+
+def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: int) -> dict:
+  """Images/s of the real jitted train step (donated state, data gathered on device)."""
+  mesh = parallel.make_mesh()
+  model = recipe.model(config.model, num_classes)
+  tx = state_lib.optimizer(config.train)
+  d, t = config.diffusion, config.train
+  step = train_step.make(model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(d),
+                         loss_kwargs=recipe.loss_kwargs(d), timesteps=d.timesteps,
+                         batch_size=t.batch_size, num_classes=num_classes,
+                         cond_drop_rate=d.cond_drop_rate, ema_halflife_kimg=t.ema_halflife_kimg,
+                         ema_rampup=t.ema_rampup, steps_per_dispatch=per_dispatch, mesh=mesh)
+  size = config.data.image_size
+  rng = np.random.default_rng(0)
+  data = parallel.put_replicated((rng.integers(0, 256, (4096, size, size, 3), dtype=np.uint8),
+                                  rng.integers(0, num_classes, 4096).astype(np.int32)), mesh)
+  state = jax.jit(lambda: state_lib.init(model, tx, jax.random.key(0), size, num_classes),
+                  out_shardings=parallel.replicated(mesh))()
+  key = jax.random.key(1)
+  start = time.perf_counter()
+  state, metrics = step(state, *data, key)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  state, metrics = step(state, *data, key)  # one more warm-up call
+  jax.block_until_ready(metrics)
+  calls = max(steps // per_dispatch, 1)
+  start = time.perf_counter()
+  for _ in range(calls):
+    state, metrics = step(state, *data, key)
+  jax.block_until_ready(metrics)
+  seconds = time.perf_counter() - start
+  return emit({'what': 'train', 'model': label, 'n_feat': config.model.n_feat,
+               'batch': t.batch_size, 'dtype': config.model.dtype,
+               'steps_per_dispatch': per_dispatch, 'steps': calls * per_dispatch,
+               'img_per_s': calls * per_dispatch * t.batch_size / seconds,
+               'step_ms': 1e3 * seconds / (calls * per_dispatch), 'first_call_s': compile_s,
+               'loss': float(metrics['loss']), 'peak_memory_mb': peak_memory_mb()})
+
+
+def sample_speed(config, sampler: str, steps: int, n: int) -> dict:
+  """Sprites/s of the whole sampling loop in one jit (course model, random weights)."""
+  mesh = parallel.make_mesh()
+  model = recipe.model(config.model, COURSE_CLASSES)
+  size = config.data.image_size
+  params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                      jnp.zeros((1,)), jnp.zeros((1, COURSE_CLASSES))),
+                   out_shardings=parallel.replicated(mesh))()
+  grid = samplers.time_grid(recipe.logsnr_fn(config.diffusion), steps)
+
+  def run(params, keys, context):
+    denoise = denoiser.make_denoiser(model_fn=lambda x, t, c: model.apply(params, x, t, c),
+                                     context=context, prediction=config.diffusion.prediction,
+                                     threshold='none')
+    return samplers.sample(denoise=denoise, grid=grid, keys=keys, shape=(size, size, 3),
+                           sampler=sampler, eta=0.0)
+
+  shard = parallel.batch_sharded(mesh)
+  fn = jax.jit(run, in_shardings=(parallel.replicated(mesh), shard, shard), out_shardings=shard)
+  n = -(-n // mesh.size) * mesh.size
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(n))
+  context = jax.nn.one_hot(jnp.arange(n) % COURSE_CLASSES, COURSE_CLASSES)
+  start = time.perf_counter()
+  jax.block_until_ready(fn(params, keys, context))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(fn(params, keys, context))
+  seconds = time.perf_counter() - start
+  return emit({'what': 'sample', 'sampler': sampler, 'steps': steps, 'n': n,
+               'dtype': config.model.dtype, 'seconds': seconds, 'sprites_per_s': n / seconds,
+               'first_call_s': compile_s, 'peak_memory_mb': peak_memory_mb()})
+
+
+def first_step_speed(root: str, warm: bool) -> dict:
+  """Seconds from starting `python launch.py` (smoke preset) until it logs its first train step.
+
+  The launcher keeps its compilation cache in <workdir>/../.jax_cache: the cold run starts
+  with an empty one under `root`, the warm run reuses what the cold run wrote.
+  """
+  name = 'warm' if warm else 'cold'
+  cmd = [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke',
+         f'--workdir={os.path.join(root, name)}', '--config.train.log_every=1']
+  start = time.perf_counter()
+  child = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  seconds = None
+  for line in child.stderr:
+    if seconds is None and ' step 1/' in line:
+      seconds = time.perf_counter() - start
+      child.kill()
+  child.wait()
+  if seconds is None:
+    raise RuntimeError(f'{" ".join(cmd)} ended (code {child.returncode}) before its first step.')
+  return emit({'what': 'first_step', 'preset': 'smoke', 'compile_cache': name, 'seconds': seconds})
+
+
+def run_peer(path: str, python: str, quick: bool) -> list[dict]:
+  """The PyTorch peer's JSON lines (its 'small' mode on CPU / --quick, its full run otherwise)."""
+  args = [python, path] + (['small'] if quick else [])
+  out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+  lines = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+  for line in lines:
+    print(json.dumps({**line, 'impl': 'torch-peer'}), flush=True)
+  return lines
+
+
+def _best(lines, **match):
+  rates = [line.get('img_per_s', line.get('sprites_per_s', 0.0)) for line in lines
+           if all(line.get(k) == v for k, v in match.items())]
+  return max(rates, default=None)
+
+
+def ratios(ours: list[dict], peer: list[dict]) -> None:
+  """This project / peer for each setting both measured, as `ratio` lines."""
+  pairs = [
+      ('train batch 100 fp32 (course setting)', _best(ours, what='train', batch=100, dtype='float32'),
+       _best(peer, what='train', batch=100, amp=False)),
+      ('train batch 1000 bf16', _best(ours, what='train', batch=1000, dtype='bfloat16'),
+       _best(peer, what='train', batch=1000, amp=True)),
+      ('train best of each', _best(ours, what='train', model='course'), _best(peer, what='train')),
+      ('sample DDPM-500 fp32', _best(ours, what='sample', sampler='ddpm', dtype='float32'),
+       _best(peer, what='sample', sampler='ddpm', amp=False)),
+      ('sample DDIM-25 fp32', _best(ours, what='sample', sampler='ddim', dtype='float32'),
+       _best(peer, what='sample', sampler='ddim', amp=False)),
+  ]
+  for setting, mine, theirs in pairs:
+    if mine and theirs:
+      emit({'what': 'ratio', 'setting': setting, 'jax': mine, 'torch_peer': theirs,
+            'ratio': mine / theirs})
+
+
+def _train_settings(quick: bool, accelerator: bool):
+  """(config, label, steps, num_classes) of each training figure."""
+  steps = 10 if quick else 300
+  out = [(_course_config(100, 'float32'), 'course', steps, COURSE_CLASSES),
+         (_course_config(1000, 'bfloat16'), 'course', max(steps // 5, 2), COURSE_CLASSES)]
+  if accelerator and not quick:
+    out += [(_course_config(b, 'bfloat16'), 'course', 100, COURSE_CLASSES) for b in (2000, 4000, 8000)]
+  default = sprites.get_config()
+  out.append((default, 'default preset', max(steps // 5, 2), 8))
+  return out
+
+
+def main(argv):
+  del argv
+  quick, accelerator = _QUICK.value, jax.default_backend() != 'cpu'
+  per_dispatch = _STEPS_PER_DISPATCH.value or (10 if accelerator else 1)
+  ours = []
+  if 'train' in _WHAT.value:
+    for config, label, steps, classes in _train_settings(quick, accelerator):
+      k = per_dispatch if steps >= per_dispatch else 1
+      ours.append(train_speed(config, label, steps, k, classes))
+  if 'sample' in _WHAT.value:
+    n = 16 if quick else 1000
+    course = _course_config(n, 'float32')
+    for sampler, steps in (('ddpm', 500), ('ddim', 25), ('dpmpp_2m', 20)):
+      ours.append(sample_speed(course, sampler, steps, n))
+    if not quick:
+      ours.append(sample_speed(_course_config(n, 'bfloat16'), 'ddpm', 500, n))
+  if 'first_step' in _WHAT.value:
+    import tempfile  # pylint: disable=import-outside-toplevel
+    with tempfile.TemporaryDirectory() as root:
+      ours += [first_step_speed(root, warm=False), first_step_speed(root, warm=True)]
+  if _PEER.value:
+    ratios(ours, run_peer(_PEER.value, _PEER_PYTHON.value, quick))
+
+
+if __name__ == '__main__':
+  app.run(main)
