@@ -28,6 +28,8 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-frie
 _WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'], 'Which figures to measure.')
 _PEER = flags.DEFINE_string('peer', '', 'Path of the PyTorch peer (ref_torch.py) to run alongside.')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable, 'Python that has torch.')
+_CPU_DEVICES = flags.DEFINE_integer(
+    'cpu_devices', 0, 'On CPU: XLA devices to split batches over; 0 = one per core (as launch.py).')
 _STEPS_PER_DISPATCH = flags.DEFINE_integer(
     'steps_per_dispatch', 0, 'Train steps per jitted call; 0 = 1 on CPU, 10 on accelerators.')
 
@@ -181,7 +183,7 @@ def ratios(ours: list[dict], peer: list[dict]) -> None:
   ]
   for setting, mine, theirs in pairs:
     if mine and theirs:
-      emit({'what': 'ratio', 'setting': setting, 'jax': mine, 'torch_peer': theirs,
+      emit({'what': 'ratio', 'setting': setting, 'ours': mine, 'torch_peer': theirs,
             'ratio': mine / theirs})
 
 
@@ -199,6 +201,7 @@ def _train_settings(quick: bool, accelerator: bool):
 
 def main(argv):
   del argv
+  parallel.configure_cpu_devices(_CPU_DEVICES.value, 100)  # before JAX touches a device
   quick, accelerator = _QUICK.value, jax.default_backend() != 'cpu'
   per_dispatch = _STEPS_PER_DISPATCH.value or (10 if accelerator else 1)
   ours = []

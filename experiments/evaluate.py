@@ -183,7 +183,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)
   drawn = time.perf_counter()
-  net = features.load_or_train(config.data, data_lib.builder(config.data).builder_config.name,
+  b = data_lib.builder(config.data)  # the feature net is cached per dataset name and version
+  net = features.load_or_train(config.data, f'{b.builder_config.name}-{b.version}',
                                train, heldout, steps=e.feature_steps, seed=e.feature_seed)
   trained = time.perf_counter()
   report, near = measure(images, labels, train, ref, heldout, net, e)

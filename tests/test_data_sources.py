@@ -108,6 +108,18 @@ def test_near_identical_sprites_join_and_duplicates_go():
   assert built.duplicates_removed == 1 and built.num_groups == 2
 
 
+def test_a_retouched_mirror_image_joins_the_original():
+  """A flipped copy with a pixel changed: not a shift/flip/recolour (many colours), nor near
+  unflipped; found because near-identical pairs are also sought across a mirror."""
+  rng = np.random.default_rng(3)
+  a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)  # no small palette: structure keys miss it
+  mirror = a[:, ::-1].copy()
+  mirror[3, 4] = 255 - mirror[3, 4]
+  other = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  sprites = [Sprite(a, 0, 'a', ''), Sprite(mirror, 0, 'b', ''), Sprite(other, 0, 'c', '')]
+  assert catalogue.group_names(sprites) == ['a', 'a', 'c']
+
+
 def test_near_pairs_equal_brute_force():
   rng = np.random.default_rng(2)
   images = np.full((300, 16, 16, 3), 255, np.uint8)

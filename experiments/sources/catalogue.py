@@ -6,7 +6,8 @@ are first joined into groups (connected components) when any of these holds:
   * their pixels are identical (so dropping a duplicate never hides a link between groups);
   * they have the same structure up to a shift, a flip and a recolouring (the course's
     augmented copies of one base sprite: see `structure_key`);
-  * their pixels are nearly equal: mean absolute difference <= NEAR_MAD (see `near_pairs`).
+  * their pixels, or one's and the other's mirror image, are nearly equal: mean absolute
+    difference <= NEAR_MAD (see `near_pairs`).
 Then exact duplicates are dropped and the split is a pure function of the group name (a
 stable hash), so it is the same on every machine and every rebuild, and no group straddles it.
 """
@@ -109,6 +110,13 @@ def near_pairs(images: np.ndarray, tolerance: float = NEAR_MAD) -> np.ndarray:
   return np.concatenate(kept) if kept else np.zeros((0, 2), np.int64)
 
 
+def _near_pairs_with_mirrors(images: np.ndarray) -> np.ndarray:
+  """near_pairs, also between a sprite and another's mirror image (a flipped, retouched copy)."""
+  n = len(images)
+  pairs = near_pairs(np.concatenate([images, images[:, :, ::-1]])) % n
+  return pairs[pairs[:, 0] != pairs[:, 1]]
+
+
 def _same_key_pairs(keys: list) -> np.ndarray:
   """Pairs [N, 2] linking every item to the first item with the same key."""
   first = {}
@@ -136,7 +144,7 @@ def group_names(sprites: list[Sprite]) -> list[str]:
       _same_key_pairs([s.group for s in sprites]),
       _same_key_pairs([s.image.tobytes() for s in sprites]),
       _same_key_pairs(_structure_keys(sprites)),
-      near_pairs(images)])
+      _near_pairs_with_mirrors(images)])
   graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
   _, component = sparse.csgraph.connected_components(graph, directed=False)
   names = {}
