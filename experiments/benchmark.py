@@ -3,6 +3,7 @@
   python -m experiments.benchmark                 # the full set (meant for a GPU)
   python -m experiments.benchmark --quick         # a few steps of each: CPU / CI friendly
   python -m experiments.benchmark --quick --peer=../shared/bench/ref_torch.py --peer_python=python
+  python -m experiments.benchmark --what=train100 --peer=...   # only the course setting, both sides
 
 With --peer, the PyTorch peer runs in the same invocation on the same machine and ratio
 lines (this project / peer) follow. Every line names the device, the jax version and the
@@ -25,7 +26,10 @@ from diffusion import denoiser, samplers
 from experiments import parallel, recipe, state as state_lib, train_step
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
-_WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'], 'Which figures to measure.')
+_WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'],
+                          'Which figures to measure: train, sample, first_step, or train100 alone '
+                          '(the course setting, batch 100 fp32, 30 steps on CPU, 300 otherwise; '
+                          'the peer then runs its own train100 mode).')
 _PEER = flags.DEFINE_string('peer', '', 'Path of the PyTorch peer (ref_torch.py) to run alongside.')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable, 'Python that has torch.')
 _CPU_DEVICES = flags.DEFINE_integer(
@@ -152,9 +156,9 @@ def first_step_speed(root: str, warm: bool) -> dict:
   return emit({'what': 'first_step', 'preset': 'smoke', 'compile_cache': name, 'seconds': seconds})
 
 
-def run_peer(path: str, python: str, quick: bool) -> list[dict]:
-  """The PyTorch peer's JSON lines (its 'small' mode on CPU / --quick, its full run otherwise)."""
-  args = [python, path] + (['small'] if quick else [])
+def run_peer(path: str, python: str, mode: str) -> list[dict]:
+  """The PyTorch peer's JSON lines; mode: its 'small' (--quick), 'train100' or '' (full) run."""
+  args = [python, path] + ([mode] if mode else [])
   out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
   lines = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
   for line in lines:
@@ -207,11 +211,16 @@ def main(argv):
   del argv
   # The peer runs first, before JAX claims the accelerator's memory, and so whatever cuts
   # our part short, its figures are there.
-  peer = run_peer(_PEER.value, _PEER_PYTHON.value, _QUICK.value) if _PEER.value else []
+  only_train100 = _WHAT.value == ['train100']
+  mode = 'train100' if only_train100 else 'small' if _QUICK.value else ''
+  peer = run_peer(_PEER.value, _PEER_PYTHON.value, mode) if _PEER.value else []
   parallel.configure_cpu_devices(_CPU_DEVICES.value, 100)  # before JAX touches a device
   quick, accelerator = _QUICK.value, jax.default_backend() != 'cpu'
   per_dispatch = _STEPS_PER_DISPATCH.value or (10 if accelerator else 1)
   ours = []
+  if only_train100:  # as the peer's mode of that name: 30 steps on CPU, 300 on accelerators
+    ours.append(train_speed(_course_config(100, 'float32'), 'course', 300 if accelerator else 30,
+                            per_dispatch, COURSE_CLASSES))
   if 'train' in _WHAT.value:
     for config, label, steps, classes, k in _train_settings(quick, accelerator, per_dispatch):
       ours.append(train_speed(config, label, steps, k if steps >= k else 1, classes))
