@@ -211,6 +211,10 @@ def main(argv):
   del argv
   # The peer runs first, before JAX claims the accelerator's memory, and so whatever cuts
   # our part short, its figures are there.
+  unknown = set(_WHAT.value) - {'train', 'sample', 'first_step', 'train100'}
+  if unknown or ('train100' in _WHAT.value and len(_WHAT.value) > 1):
+    raise app.UsageError(f'--what={",".join(_WHAT.value)}: pick from train, sample, first_step, '
+                         'or train100 on its own.')
   only_train100 = _WHAT.value == ['train100']
   mode = 'train100' if only_train100 else 'small' if _QUICK.value else ''
   peer = run_peer(_PEER.value, _PEER_PYTHON.value, mode) if _PEER.value else []
