@@ -42,7 +42,7 @@ def _default(c):
   c.model.n_feat = 128
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
   c.train.update(steps=50_000, batch_size=512, learning_rate=1e-3, warmup_steps=500,
-                 lr_schedule='cosine', steps_per_dispatch=10, log_every=500, ckpt_every=5_000)
+                 lr_schedule='cosine', log_every=500, ckpt_every=5_000)
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=16)
 
 

@@ -75,18 +75,19 @@ def run(config, workdir: str):
 
 def _train_loop(config, workdir, state, data, model, tx, mngr, mesh):
   t, d = config.train, config.diffusion
+  per_dispatch = recipe.steps_per_dispatch(t, jax.default_backend())
   train = train_step.make(
       model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(d), loss_kwargs=recipe.loss_kwargs(d),
       timesteps=d.timesteps, batch_size=t.batch_size, num_classes=data.num_classes,
       cond_drop_rate=d.cond_drop_rate, ema_halflife_kimg=t.ema_halflife_kimg,
-      ema_rampup=t.ema_rampup, steps_per_dispatch=t.steps_per_dispatch, mesh=mesh)
+      ema_rampup=t.ema_rampup, steps_per_dispatch=per_dispatch, mesh=mesh)
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   step = int(state.step)
   writer, progress = logs.Writer(workdir), logs.Progress(step, t.steps, t.batch_size)
   while step < t.steps:
     state, metrics = train(state, images, labels, key)
-    before, step = step, step + t.steps_per_dispatch
+    before, step = step, step + per_dispatch
     done = step >= t.steps
     if _crossed(before, step, t.log_every) or _crossed(before, step, t.ckpt_every) or done:
       metrics = jax.device_get(metrics)

@@ -51,6 +51,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('diffusion.prediction', 'score', 'Unknown prediction'),
     ('diffusion.loss_weighting', 'p2', 'Unknown diffusion.loss_weighting'),
     ('train.steps_per_dispatch', 7, 'multiple of train.steps_per_dispatch'),
+    ('train.steps_per_dispatch', -1, 'multiple of train.steps_per_dispatch'),
     ('data.image_size', 18, 'multiple of 4'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
@@ -68,3 +69,17 @@ def test_zero_terminal_snr_with_eps_prediction_is_refused():
     recipe.validate(config)
   config.diffusion.prediction = 'v'
   recipe.validate(config)
+
+
+@pytest.mark.parametrize('steps, asked, backend, expected', [
+    (28_600, 0, 'gpu', 10),  # automatic: fused on accelerators
+    (3_500, 0, 'cpu', 1),    # ... never on CPU, where scanned conv gradients are slow
+    (21, 0, 'tpu', 7),       # the largest divisor of train.steps up to 10
+    (13, 0, 'gpu', 1),
+    (40, 4, 'cpu', 4),       # an explicit value is kept
+])
+def test_steps_per_dispatch_resolves_automatic(steps, asked, backend, expected):
+  config = sprites.get_config('smoke')
+  config.train.update(steps=steps, steps_per_dispatch=asked)
+  recipe.validate(config)
+  assert recipe.steps_per_dispatch(config.train, backend) == expected
