@@ -22,8 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import sprites
-from diffusion import denoiser, samplers
-from experiments import parallel, recipe, state as state_lib, train_step
+from experiments import parallel, recipe, sample, state as state_lib, train_step
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
 _WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'],
@@ -109,17 +108,9 @@ def sample_speed(config, sampler: str, steps: int, n: int) -> dict:
   params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                       jnp.zeros((1,)), jnp.zeros((1, COURSE_CLASSES))),
                    out_shardings=parallel.replicated(mesh))()
-  grid = samplers.time_grid(recipe.logsnr_fn(config.diffusion), steps)
-
-  def run(params, keys, context):
-    denoise = denoiser.make_denoiser(model_fn=lambda x, t, c: model.apply(params, x, t, c),
-                                     context=context, prediction=config.diffusion.prediction,
-                                     threshold='none')
-    return samplers.sample(denoise=denoise, grid=grid, keys=keys, shape=(size, size, 3),
-                           sampler=sampler, eta=0.0)
-
-  shard = parallel.batch_sharded(mesh)
-  fn = jax.jit(run, in_shardings=(parallel.replicated(mesh), shard, shard), out_shardings=shard)
+  # The loop sample.py runs, without guidance or clipping: the peer has neither.
+  config.sample.update(sampler=sampler, steps=steps, guidance=0.0, clip_x0='none', eta=0.0)
+  fn = sample.make_sample_fn(model, config, mesh, frames=0)
   n = -(-n // mesh.size) * mesh.size
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(n))
   context = jax.nn.one_hot(jnp.arange(n) % COURSE_CLASSES, COURSE_CLASSES)
