@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import sprites
-from experiments import parallel, recipe, sample, state as state_lib, train_step
+from experiments import from_config, sample
+from experiments.runtime import parallel, state as state_lib, train_step
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
 _WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'],
@@ -65,11 +66,11 @@ def _course_config(batch: int, dtype: str, n_feat: int = 64):
 def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: int) -> dict:
   """Images/s of the real jitted train step (donated state, data gathered on device)."""
   mesh = parallel.make_mesh()
-  model = recipe.model(config.model, num_classes)
+  model = from_config.model(config.model, num_classes)
   tx = state_lib.optimizer(config.train)
   d, t = config.diffusion, config.train
-  step = train_step.make(model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(d),
-                         loss_kwargs=recipe.loss_kwargs(d), timesteps=d.timesteps,
+  step = train_step.make(model=model, tx=tx, logsnr_fn=from_config.logsnr_fn(d),
+                         loss_kwargs=from_config.loss_kwargs(d), timesteps=d.timesteps,
                          batch_size=t.batch_size, num_classes=num_classes,
                          cond_drop_rate=d.cond_drop_rate, ema_halflife_kimg=t.ema_halflife_kimg,
                          ema_rampup=t.ema_rampup, steps_per_dispatch=per_dispatch, mesh=mesh)
@@ -103,7 +104,7 @@ def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: 
 def sample_speed(config, sampler: str, steps: int, n: int) -> dict:
   """Sprites/s of the whole sampling loop in one jit (course model, random weights)."""
   mesh = parallel.make_mesh()
-  model = recipe.model(config.model, COURSE_CLASSES)
+  model = from_config.model(config.model, COURSE_CLASSES)
   size = config.data.image_size
   params = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                       jnp.zeros((1,)), jnp.zeros((1, COURSE_CLASSES))),

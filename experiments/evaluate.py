@@ -2,7 +2,7 @@
 
 Draws `eval.num_samples` sprites (classes in the training split's proportions, so a perfect
 model matches the data's mix) or reads `eval.samples`, then measures, in the feature space
-of the project's own sprite network (experiments/features.py):
+of the project's own sprite network (experiments/quality/features.py):
   FID, KID, precision, recall  samples vs the reference split, each next to its floor: the
                                same metric between two disjoint halves of real sprites (split
                                by sprite group) at the same set size, so ratio 1 = as good as real
@@ -20,8 +20,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import audit, checkpoints, data as data_lib, features, metrics, parallel, pictures
-from experiments import recipe, sample
+from experiments import from_config, sample
+from experiments.data import dataset
+from experiments.pictures import canvas
+from experiments.quality import audit, features, metrics
+from experiments.runtime import checkpoints, parallel
 
 # FID's bias grows like feature_dim / set size; below ~10 samples per dimension it dominates
 # the value and moves with the set size, so such FIDs only mean something as ratios.
@@ -55,8 +58,8 @@ def _draw(config, workdir, train, params, step):
   if params is None:
     step, params = sample.restore_params(config, workdir, train.num_classes, mesh)
   labels = proportional_labels(train.labels, train.num_classes, config.eval.num_samples)
-  context = data_lib.context(labels, train.num_classes)
-  model = recipe.model(config.model, train.num_classes)
+  context = dataset.context(labels, train.num_classes)
+  model = from_config.model(config.model, train.num_classes)
   fn = sample.make_sample_fn(model, config, mesh, frames=0)
   images, _ = sample.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
                               mesh, frames=0)
@@ -175,15 +178,15 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   """Evaluate the latest checkpoint (or `params`, or eval.samples); returns what eval.json holds."""
   del class_names  # the training split carries them; the keyword matches sample.run
   start = time.perf_counter()
-  recipe.validate(config)
+  from_config.validate(config)
   e = config.eval
   check_config(e)
-  train, heldout = data_lib.load(config.data, 'train'), data_lib.load(config.data, 'test')
+  train, heldout = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
   ref = heldout if e.reference == 'test' else train
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)
   drawn = time.perf_counter()
-  b = data_lib.builder(config.data)  # the feature net is cached per dataset name and version
+  b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
   net = features.load_or_train(config.data, f'{b.builder_config.name}-{b.version}',
                                train, heldout, steps=e.feature_steps, seed=e.feature_seed)
   trained = time.perf_counter()
@@ -225,7 +228,7 @@ def _write(workdir: str, name: str, report: dict, picture: np.ndarray, drawn) ->
   with open(stem + '.json.tmp', 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
   os.replace(stem + '.json.tmp', stem + '.json')
-  pictures.save_png(stem + '_nearest.png', picture)
+  canvas.save_png(stem + '_nearest.png', picture)
   shutil.copyfile(stem + '.json', os.path.join(workdir, 'eval.json'))
   shutil.copyfile(stem + '_nearest.png', os.path.join(workdir, 'nearest.png'))
   logging.info('Wrote %s.json and %s_nearest.png', stem, stem)

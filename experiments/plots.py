@@ -12,7 +12,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from experiments import recipe
+from experiments import from_config
 
 _OUT = flags.DEFINE_string('out', 'docs/schedules.png', 'Where to write the PNG.')
 _TIMESTEPS = flags.DEFINE_integer('timesteps', 1000, 'T for the schedules built from betas.')
@@ -31,7 +31,7 @@ def curves(timesteps: int) -> dict[str, np.ndarray]:
     d.update(schedule=name, timesteps=timesteps, **extra)
     label = name + ''.join(f' {k}={v:.3g}' if isinstance(v, float) else f' {k}'
                            for k, v in extra.items())
-    out[label] = np.asarray(recipe.logsnr_fn(d)(t), np.float64)
+    out[label] = np.asarray(from_config.logsnr_fn(d)(t), np.float64)
   return out
 
 

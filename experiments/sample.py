@@ -6,7 +6,7 @@ Outputs in <workdir>/samples/, named <step>_<sampler><steps>[_g<guidance>]:
         contexts float [N, K], class_names
   .gif  the denoising progression: x_t (left) and the predicted x0 (right) per step
   _sheet.png, _sheet.json  (sample.sheet) a game-ready sprite sheet on transparent pixels and its
-        atlas: name, class, x, y, w, h of every sprite (see experiments/export.py)
+        atlas: name, class, x, y, w, h of every sprite (see experiments/pictures/sprite_sheet.py)
 """
 import functools
 import json
@@ -18,8 +18,10 @@ import numpy as np
 from absl import logging
 
 from diffusion import denoiser, samplers
-from experiments import (checkpoints, data as data_lib, export, parallel, pictures, recipe,
-                         state as state_lib)
+from experiments import from_config
+from experiments.data import dataset
+from experiments.pictures import canvas, sprite_sheet
+from experiments.runtime import checkpoints, parallel, state as state_lib
 
 
 def parse_mix(spec: str, class_names) -> list[np.ndarray]:
@@ -43,7 +45,7 @@ def contexts(class_names, per_class: int, mix: str = ''):
   """(context [N, K], labels [N]): per_class sprites of each class, then per_class of each mix."""
   k = max(len(class_names), 1)
   labels = np.repeat(np.arange(len(class_names)) if class_names else np.array([-1]), per_class)
-  ctx = data_lib.context(labels, len(class_names))
+  ctx = dataset.context(labels, len(class_names))
   mixes = parse_mix(mix, list(class_names)) if mix else []
   for v in mixes:
     ctx = np.concatenate([ctx, np.repeat(v[None], per_class, 0)])
@@ -66,7 +68,7 @@ def make_sample_fn(model, config, mesh, frames: int, guidance: float | None = No
   """
   s, d = config.sample, config.diffusion
   guidance = s.guidance if guidance is None else guidance
-  logsnr_fn = recipe.logsnr_fn(d)
+  logsnr_fn = from_config.logsnr_fn(d)
   size = config.data.image_size
 
   def fn(params, keys, context):
@@ -101,9 +103,9 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
     keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(indices[rows]))
     out = fn(params, keys, jnp.asarray(ctx))
     x, movie = out if frames else (out, None)
-    images.append(data_lib.to_uint8(x))
+    images.append(dataset.to_uint8(x))
     if frames:
-      movies.append([data_lib.to_uint8(m) for m in movie])
+      movies.append([dataset.to_uint8(m) for m in movie])
   images = np.concatenate(images)[:n]
   if not frames:
     return images, None
@@ -117,7 +119,7 @@ def dataset_classes(config, workdir: str) -> tuple[str, ...]:
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return tuple(json.load(f)['class_names'])
-  b = data_lib.builder(config.data)
+  b = dataset.builder(config.data)
   if not b.is_prepared():
     b.download_and_prepare()
   return tuple(b.info.metadata['class_names'])
@@ -125,7 +127,7 @@ def dataset_classes(config, workdir: str) -> tuple[str, ...]:
 
 def restore_params(config, workdir: str, num_classes: int, mesh):
   """(step, params) of the latest checkpoint: the EMA weights unless sample.use_ema is off."""
-  model = recipe.model(config.model, num_classes)
+  model = from_config.model(config.model, num_classes)
   tx = state_lib.optimizer(config.train)
   init = functools.partial(state_lib.init, model, tx, jax.random.key(0), config.data.image_size,
                            num_classes)
@@ -150,44 +152,44 @@ def movie_frames(images, movie, rows: int, upscale: int, sampler: str, steps: in
   xs, x0s = movie
   recorded = np.round(np.linspace(0, steps - 1, len(xs))).astype(int)  # as samplers.sample picks
   times = np.linspace(1.0, 0.0, steps + 1)[recorded]  # samplers.time_grid's t
-  big = lambda x: pictures.upscale(pictures.grid(x, rows), upscale)
+  big = lambda x: canvas.upscale(canvas.grid(x, rows), upscale)
   heads = ('x_t', 'predicted x_0')
-  frames = [pictures.labelled_grid([[big(x), big(x0)]], col_labels=heads,
+  frames = [canvas.labelled_grid([[big(x), big(x0)]], col_labels=heads,
                                    title=f'{sampler}: step {i + 1}/{steps}, t={t:.2f}')
             for i, t, x, x0 in zip(recorded, times, xs, x0s)]
-  frames.append(pictures.labelled_grid([[big(images)] * 2], col_labels=heads,
+  frames.append(canvas.labelled_grid([[big(images)] * 2], col_labels=heads,
                                        title=f'{sampler}: done, t=0'))
   return frames
 
 
 def write_outputs(path_stem: str, images, labels, context, class_names, rows: int, movie,
                   upscale: int, sampler: str = '', steps: int = 1) -> None:
-  pictures.save_png(path_stem + '.png', pictures.grid(images, rows), upscale)
+  canvas.save_png(path_stem + '.png', canvas.grid(images, rows), upscale)
   np.savez_compressed(path_stem + '.npz', images=images, labels=labels, contexts=context,
                       class_names=np.asarray(class_names, dtype=str))
   if movie is not None:
-    pictures.save_gif(path_stem + '.gif', movie_frames(images, movie, rows, upscale, sampler, steps))
+    canvas.save_gif(path_stem + '.gif', movie_frames(images, movie, rows, upscale, sampler, steps))
 
 
 def write_sheet(path_stem: str, images, class_names, sample_cfg) -> str:
   """The sprite sheet and its atlas, one row per class (and mix) as in the grid."""
   s = sample_cfg
   names, classes = sprite_names(class_names, s.per_class, s.mix)
-  return export.write_sheet(path_stem, images, names, classes, columns=s.per_class,
+  return sprite_sheet.write_sheet(path_stem, images, names, classes, columns=s.per_class,
                             colors=s.sheet_colors, factor=s.sheet_upscale, tolerance=s.sheet_key)
 
 
 def run(config, workdir: str, *, params=None, step: int | None = None,
         class_names: tuple[str, ...] | None = None) -> str:
   """Draw the configured grid and write it; returns the path stem of the outputs."""
-  recipe.validate(config)
+  from_config.validate(config)
   class_names = class_names if class_names is not None else dataset_classes(config, workdir)
   mesh = parallel.make_mesh()
   if params is None:
     step, params = restore_params(config, workdir, len(class_names), mesh)
   s = config.sample
   context, labels, rows = contexts(class_names, s.per_class, s.mix)
-  model = recipe.model(config.model, len(class_names))
+  model = from_config.model(config.model, len(class_names))
   frames = s.gif_frames if s.gif else 0
   fn = make_sample_fn(model, config, mesh, frames)
   images, movie = generate(fn, params, s.seed, context, s.batch_size, mesh, frames)

@@ -2,7 +2,7 @@
 
 Writes into <workdir>/show/:
   forward.png, forward.gif  training sprites dissolving into noise under the configured
-                            schedule (needs only the data; see experiments/forward.py)
+                            schedule (needs only the data; see experiments/pictures/forward_process.py)
 and, once the workdir holds a checkpoint:
   classes.png    one row per class, labelled (the same sprites as the sample grid)
   mix.png        class A -> class B: columns mix the contexts as (1 - w) A + w B, w = 0 -> 1;
@@ -16,7 +16,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import data as data_lib, forward, parallel, pictures, recipe, sample
+from experiments import from_config, sample
+from experiments.data import dataset
+from experiments.pictures import canvas, forward_process
+from experiments.runtime import parallel
 
 
 def parse_scales(spec: str) -> list[float]:
@@ -39,7 +42,7 @@ def class_index(spec: str, class_names, default: int) -> int:
 
 def _drawer(config, mesh, params, num_classes: int):
   """draw(context [N, K], indices [N], guidance) -> uint8 sprites; one compiled fn per guidance."""
-  model = recipe.model(config.model, num_classes)
+  model = from_config.model(config.model, num_classes)
   fns = {}
 
   def draw(context, indices=None, guidance=None):
@@ -53,7 +56,7 @@ def _drawer(config, mesh, params, num_classes: int):
 
 def _tiles(images: np.ndarray, rows: int, factor: int) -> list[list[np.ndarray]]:
   cols = len(images) // rows
-  return [[pictures.upscale(images[r * cols + c], factor) for c in range(cols)] for r in range(rows)]
+  return [[canvas.upscale(images[r * cols + c], factor) for c in range(cols)] for r in range(rows)]
 
 
 def _settings(config) -> str:
@@ -65,7 +68,7 @@ def classes_picture(draw, config, class_names) -> np.ndarray:
   s = config.sample
   context, _, _ = sample.contexts(class_names, s.per_class)
   images = draw(context)
-  return pictures.labelled_grid(
+  return canvas.labelled_grid(
       _tiles(images, len(class_names), s.upscale), row_labels=class_names,
       title=f'One row per class ({_settings(config)}, guidance {s.guidance:g})')
 
@@ -79,7 +82,7 @@ def mix_picture(draw, config, class_names) -> np.ndarray:
   context = np.stack([(1 - w) * onehot[a] + w * onehot[b] for _ in range(v.mix_rows) for w in weights])
   indices = np.repeat(np.arange(v.mix_rows), len(weights))  # one noise along each row
   images = draw(context, indices)
-  return pictures.labelled_grid(
+  return canvas.labelled_grid(
       _tiles(images, v.mix_rows, config.sample.upscale), col_labels=[f'w={w:.2f}' for w in weights],
       title=f'{class_names[a]} -> {class_names[b]}\ncontext = (1 - w) {class_names[a]} + w {class_names[b]}',
       footer='each row starts from one noise: only the context changes along it')
@@ -89,9 +92,9 @@ def guidance_picture(draw, config, class_names) -> np.ndarray:
   """Rows: classes, each with one starting noise; columns: guidance scales."""
   scales = parse_scales(config.show.guidance_scales)
   k = len(class_names)
-  per_scale = [draw(data_lib.context(np.arange(k), k), np.arange(k), w) for w in scales]
+  per_scale = [draw(dataset.context(np.arange(k), k), np.arange(k), w) for w in scales]
   images = np.stack(per_scale, axis=1).reshape((-1,) + per_scale[0].shape[1:])
-  return pictures.labelled_grid(
+  return canvas.labelled_grid(
       _tiles(images, k, config.sample.upscale), row_labels=class_names,
       col_labels=[f'w={w:g}' for w in scales],
       title=f'Classifier-free guidance (1 + w) cond - w uncond ({_settings(config)})',
@@ -100,11 +103,11 @@ def guidance_picture(draw, config, class_names) -> np.ndarray:
 
 def run(config, workdir: str) -> list[str]:
   """Write the pictures into <workdir>/show; returns their paths."""
-  recipe.validate(config)
+  from_config.validate(config)
   parse_scales(config.show.guidance_scales)
   out = os.path.join(workdir, 'show')
   main = jax.process_index() == 0
-  written = list(forward.write(config, data_lib.load(config.data), out)) if main else []
+  written = list(forward_process.write(config, dataset.load(config.data), out)) if main else []
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
     return written
@@ -121,7 +124,7 @@ def run(config, workdir: str) -> list[str]:
     picture = make(draw, config, list(class_names))
     if main:
       written.append(os.path.join(out, name + '.png'))
-      pictures.save_png(written[-1], picture)
+      canvas.save_png(written[-1], picture)
   if main:
     logging.info('Wrote %s', ', '.join(written))
   return written

@@ -17,7 +17,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import checkpoints, evaluate, sample, train
+from experiments import evaluate, sample, train
+from experiments.runtime import checkpoints
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
                                           lock_config=True)

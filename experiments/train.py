@@ -7,8 +7,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import checkpoints, data as data_lib, evaluate, logs, parallel, recipe, sample
-from experiments import state as state_lib, train_step
+from experiments import evaluate, from_config, sample
+from experiments.data import dataset
+from experiments.runtime import checkpoints, logs, parallel, state as state_lib, train_step
 
 
 def write_json(path: str, value) -> None:
@@ -49,15 +50,15 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 
 def run(config, workdir: str):
-  recipe.validate(config)
+  from_config.validate(config)
   evaluate.check_config(config.eval)
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  data = data_lib.load(config.data, 'train')
+  data = dataset.load(config.data, 'train')
   write_json(os.path.join(workdir, 'data.json'),
              {'class_names': list(data.class_names), 'train_size': len(data.images)})
   mesh = parallel.make_mesh()
   parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
-  model = recipe.model(config.model, data.num_classes)
+  model = from_config.model(config.model, data.num_classes)
   tx = state_lib.optimizer(config.train)
   mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
   state = _initial_state(config, model, tx, data.num_classes, mngr, mesh)
@@ -75,9 +76,9 @@ def run(config, workdir: str):
 
 def _train_loop(config, workdir, state, data, model, tx, mngr, mesh):
   t, d = config.train, config.diffusion
-  per_dispatch = recipe.steps_per_dispatch(t, jax.default_backend())
+  per_dispatch = from_config.steps_per_dispatch(t, jax.default_backend())
   train = train_step.make(
-      model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(d), loss_kwargs=recipe.loss_kwargs(d),
+      model=model, tx=tx, logsnr_fn=from_config.logsnr_fn(d), loss_kwargs=from_config.loss_kwargs(d),
       timesteps=d.timesteps, batch_size=t.batch_size, num_classes=data.num_classes,
       cond_drop_rate=d.cond_drop_rate, ema_halflife_kimg=t.ema_halflife_kimg,
       ema_rampup=t.ema_rampup, steps_per_dispatch=per_dispatch, mesh=mesh)

@@ -13,7 +13,9 @@ import numpy as np
 
 from conftest import tiny_config
 from diffusion import denoiser, gaussian, losses, samplers, schedules
-from experiments import data as data_lib, recipe, state as state_lib
+from experiments import from_config
+from experiments.data import dataset
+from experiments.runtime import state as state_lib
 
 STEPS = 3
 
@@ -25,7 +27,7 @@ def _configs(data_dir):
     config = tiny_config(data_dir)
     config.diffusion.update(schedule=schedule, prediction=prediction, zero_terminal_snr=ztsnr,
                             timesteps=1000, cond_drop_rate=0.5)
-    recipe.validate(config)
+    from_config.validate(config)
     yield f'{schedule}/{prediction}' + ('/zero-terminal-snr' if ztsnr else ''), config
 
 
@@ -38,7 +40,7 @@ def _train_step(params, tx, opt_state, apply, batch, config, key):
   def loss_fn(p):
     return jnp.mean(losses.diffusion_loss(
         model_fn=lambda x, t_: apply(p, x, t_, context), x0=x0, t=t, eps=eps,
-        logsnr_fn=recipe.logsnr_fn(config.diffusion), **recipe.loss_kwargs(config.diffusion)))
+        logsnr_fn=from_config.logsnr_fn(config.diffusion), **from_config.loss_kwargs(config.diffusion)))
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, _ = tx.update(grads, opt_state, params)
   return float(loss), jax.tree.map(lambda p, u: p + u, params, updates)
@@ -55,11 +57,11 @@ def _sampler(apply, sampler: str, prediction: str, num_classes: int):
 
 
 def test_every_schedule_target_and_sampler_runs_without_nan(data_dir):
-  data = data_lib.load(tiny_config(data_dir).data, 'train')
+  data = dataset.load(tiny_config(data_dir).data, 'train')
   k = data.num_classes
-  batch = (jnp.asarray(data_lib.to_model(data.images[:16])),
-           jnp.asarray(data_lib.context(data.labels[:16], k)))
-  model = recipe.model(tiny_config(data_dir).model, k)
+  batch = (jnp.asarray(dataset.to_model(data.images[:16])),
+           jnp.asarray(dataset.context(data.labels[:16], k)))
+  model = from_config.model(tiny_config(data_dir).model, k)
   apply = jax.jit(model.apply)
   init = jax.jit(model.init)(jax.random.key(0), batch[0][:1], jnp.zeros((1,)), batch[1][:1])
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(k))
@@ -69,7 +71,7 @@ def test_every_schedule_target_and_sampler_runs_without_nan(data_dir):
     loss, params = _train_step(init, tx, tx.init(init), apply, batch, config, jax.random.key(1))
     if not np.isfinite(loss):
       failures.append(f'{name}: training loss {loss}')
-    ts, logsnrs = samplers.time_grid(recipe.logsnr_fn(config.diffusion), STEPS)
+    ts, logsnrs = samplers.time_grid(from_config.logsnr_fn(config.diffusion), STEPS)
     for sampler in sorted(samplers.SAMPLERS):
       fn = _sampler(apply, sampler, config.diffusion.prediction, k)
       x = fn(params, keys, jnp.eye(k), ts, logsnrs)

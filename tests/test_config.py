@@ -6,7 +6,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import sprites
-from experiments import recipe
+from experiments import from_config
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sprites.py')
 
@@ -37,7 +37,7 @@ def test_wrong_type_fails_at_parsing():
 
 @pytest.mark.parametrize('preset', sprites.PRESETS)
 def test_every_preset_validates(preset):
-  recipe.validate(sprites.get_config(preset))
+  from_config.validate(sprites.get_config(preset))
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -59,16 +59,16 @@ def test_bad_values_fail_before_anything_runs(key, value, message):
   section, name = key.split('.')
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
-    recipe.validate(config)
+    from_config.validate(config)
 
 
 def test_zero_terminal_snr_with_eps_prediction_is_refused():
   config = sprites.get_config('smoke')
   config.diffusion.zero_terminal_snr = True
   with pytest.raises(ValueError, match='prediction=v'):
-    recipe.validate(config)
+    from_config.validate(config)
   config.diffusion.prediction = 'v'
-  recipe.validate(config)
+  from_config.validate(config)
 
 
 @pytest.mark.parametrize('steps, asked, backend, expected', [
@@ -81,5 +81,5 @@ def test_zero_terminal_snr_with_eps_prediction_is_refused():
 def test_steps_per_dispatch_resolves_automatic(steps, asked, backend, expected):
   config = sprites.get_config('smoke')
   config.train.update(steps=steps, steps_per_dispatch=asked)
-  recipe.validate(config)
-  assert recipe.steps_per_dispatch(config.train, backend) == expected
+  from_config.validate(config)
+  assert from_config.steps_per_dispatch(config.train, backend) == expected

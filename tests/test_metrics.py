@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from experiments import metrics
+from experiments.quality import metrics
 
 
 def _gaussian(rng, n, d, shift=0.0, scale=1.0):

@@ -11,7 +11,9 @@ from scipy import stats
 from conftest import tiny_config
 from configs import sprites
 from diffusion import schedules
-from experiments import export, forward, parallel, recipe, sample, show, train
+from experiments import from_config, sample, show, train
+from experiments.pictures import forward_process, sprite_sheet
+from experiments.runtime import parallel
 
 WHITE, INK = (255, 255, 255), (20, 20, 20)
 
@@ -27,7 +29,7 @@ def _ringed_sprite() -> np.ndarray:
 def test_flood_fill_keys_the_border_background_and_keeps_inner_white():
   sprite = _ringed_sprite()
   sprite[0, 0] = (250, 252, 245)  # off-white background still counts as background
-  alpha = export.to_rgba(sprite[None], tolerance=24)[0, ..., 3]
+  alpha = sprite_sheet.to_rgba(sprite[None], tolerance=24)[0, ..., 3]
   assert np.all(alpha[4:6, 4:6] == 255), 'white enclosed by the sprite must stay opaque'
   assert np.all(alpha[2:8, 2:8] == 255)
   ring_free = np.ones((10, 10), bool)
@@ -38,7 +40,7 @@ def test_flood_fill_keys_the_border_background_and_keeps_inner_white():
 def test_a_gap_in_the_outline_lets_the_background_in():
   sprite = _ringed_sprite()
   sprite[2:4, 4] = WHITE  # a channel from the border to the inside
-  alpha = export.to_rgba(sprite[None])[0, ..., 3]
+  alpha = sprite_sheet.to_rgba(sprite[None])[0, ..., 3]
   assert np.all(alpha[4:6, 4:6] == 0)
 
 
@@ -46,21 +48,21 @@ def test_palette_reduction_leaves_at_most_k_colours():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 200, (6, 16, 16, 3), dtype=np.uint8)
   images[:, :2] = 255  # a background band to key out
-  rgba = export.to_rgba(images)
+  rgba = sprite_sheet.to_rgba(images)
   for k in (1, 4, 16):
-    reduced = export.reduce_palette(rgba, k)
+    reduced = sprite_sheet.reduce_palette(rgba, k)
     opaque = reduced[..., 3] > 0
     assert len(np.unique(reduced[opaque][:, :3], axis=0)) <= k
     np.testing.assert_array_equal(reduced[..., 3], rgba[..., 3])
-  few = export.to_rgba(np.stack([_ringed_sprite()] * 2))
-  np.testing.assert_array_equal(export.reduce_palette(few, 8), few)  # 2 colours already: kept
+  few = sprite_sheet.to_rgba(np.stack([_ringed_sprite()] * 2))
+  np.testing.assert_array_equal(sprite_sheet.reduce_palette(few, 8), few)  # 2 colours already: kept
 
 
 def test_sheet_atlas_matches_the_sheet(tmp_path):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 200, (5, 16, 16, 3), dtype=np.uint8)
   names, classes = [f's{i}' for i in range(5)], ['a', 'a', 'b', 'b', 'c']
-  png = export.write_sheet(str(tmp_path / 'x'), images, names, classes, columns=2, colors=6,
+  png = sprite_sheet.write_sheet(str(tmp_path / 'x'), images, names, classes, columns=2, colors=6,
                            factor=3)
   sheet = np.asarray(Image.open(png))
   atlas = json.load(open(str(tmp_path / 'x_sheet.json')))
@@ -86,43 +88,43 @@ def _diffusion(**overrides):
 
 def test_forward_strip_at_t1_is_standard_normal_with_zero_terminal_snr():
   d = _diffusion(schedule='cosine', zero_terminal_snr=True, prediction='v')
-  logsnr_fn = recipe.logsnr_fn(d)
-  times = forward.times_at(logsnr_fn, forward.STRIP_LOGSNR)
+  logsnr_fn = from_config.logsnr_fn(d)
+  times = forward_process.times_at(logsnr_fn, forward_process.STRIP_LOGSNR)
   assert times[0] == 0.0 and times[-1] == 1.0 and np.all(np.diff(times) > 0)
   logsnr = np.asarray(logsnr_fn(times.astype(np.float32)))
   assert np.all(np.diff(logsnr) < 0) and logsnr[-1] == -np.inf
   x0 = np.random.default_rng(2).uniform(-1, 1, (64, 16, 16, 3)).astype(np.float32)
-  x_t = forward.noisy(x0, logsnr, seed=0)
+  x_t = forward_process.noisy(x0, logsnr, seed=0)
   np.testing.assert_allclose(x_t[0], x0, atol=1e-6)  # t = 0 is the sprite itself
   last = x_t[-1].ravel()
   assert abs(last.mean()) < 0.02 and abs(last.std() - 1) < 0.02
   assert stats.kstest(last, 'norm').pvalue > 0.01
   assert abs(np.corrcoef(last, x0.ravel())[0, 1]) < 0.02  # nothing of the sprite is left
-  assert 'pure N(0, I)' in forward.terminal_note(logsnr[-1])
+  assert 'pure N(0, I)' in forward_process.terminal_note(logsnr[-1])
 
 
 def test_linear_schedule_says_honestly_that_t1_is_not_pure_noise():
-  logsnr_fn = recipe.logsnr_fn(_diffusion())  # the course: linear betas, T = 500
+  logsnr_fn = from_config.logsnr_fn(_diffusion())  # the course: linear betas, T = 500
   end = float(logsnr_fn(np.float32(1.0)))
   alpha = np.sqrt(1 / (1 + np.exp(-end)))
   assert 0.07 < alpha < 0.09  # alpha_bar_T ~ 0.0063
-  note = forward.terminal_note(end)
+  note = forward_process.terminal_note(end)
   assert 'not pure noise' in note
   assert float(re.search(r'x_1 = ([0-9.e-]+) x_0', note).group(1)) == pytest.approx(alpha, rel=1e-2)
   x0 = np.random.default_rng(3).uniform(-1, 1, (64, 16, 16, 3)).astype(np.float32)
-  x1 = forward.noisy(x0, np.array([end]), seed=0)[0]
+  x1 = forward_process.noisy(x0, np.array([end]), seed=0)[0]
   slope = np.polyfit(x0.ravel(), x1.ravel(), 1)[0]  # the sprite is measurably still in x_1
   assert abs(slope - alpha) < 0.02
 
 
 @pytest.mark.parametrize('name', sorted(schedules.SCHEDULES))
 def test_every_schedule_strip_runs_from_the_sprite_to_no_idea(name):
-  logsnr_fn = recipe.logsnr_fn(_diffusion(schedule=name))
-  times = forward.times_at(logsnr_fn, forward.STRIP_LOGSNR)
-  words = [forward.band(l) for l in np.asarray(logsnr_fn(times.astype(np.float32)))]
+  logsnr_fn = from_config.logsnr_fn(_diffusion(schedule=name))
+  times = forward_process.times_at(logsnr_fn, forward_process.STRIP_LOGSNR)
+  words = [forward_process.band(l) for l in np.asarray(logsnr_fn(times.astype(np.float32)))]
   assert times[0] == 0.0 and times[-1] == 1.0
   assert words[0] == 'clearly the sprite' and words[-1] == 'no idea'
-  assert set(words) == {word for _, word in forward.BANDS}
+  assert set(words) == {word for _, word in forward_process.BANDS}
 
 
 def _picture_config(data_dir):
@@ -136,7 +138,7 @@ def test_show_without_a_checkpoint_writes_the_forward_process(tmp_path, data_dir
   paths = show.run(_picture_config(data_dir), str(tmp_path / 'fresh'))
   assert [os.path.basename(p) for p in paths] == ['forward.png', 'forward.gif']
   strip = Image.open(paths[0])
-  assert strip.width >= len(forward.STRIP_LOGSNR) * 16 * 4 and strip.height >= 3 * 16 * 4
+  assert strip.width >= len(forward_process.STRIP_LOGSNR) * 16 * 4 and strip.height >= 3 * 16 * 4
   gif = Image.open(paths[1])
   assert gif.n_frames == 5 and gif.width >= 3 * 16 * 6
 

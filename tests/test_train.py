@@ -10,12 +10,13 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from experiments import checkpoints, parallel, recipe, sample, state as state_lib, train, train_step
+from experiments import from_config, sample, train
+from experiments.runtime import checkpoints, parallel, state as state_lib, train_step
 
 
 def _final_state(config, workdir):
   mesh = parallel.make_mesh()
-  model = recipe.model(config.model, 8)
+  model = from_config.model(config.model, 8)
   abstract = jax.eval_shape(lambda: state_lib.init(model, state_lib.optimizer(config.train),
                                                    jax.random.key(0), 16, 8))
   return checkpoints.restore_latest(checkpoints.manager(workdir, 5), jax.tree.map(
@@ -89,15 +90,15 @@ def test_train_step_on_8_devices_matches_1_device(data_dir):
   """Data parallelism over a mesh changes where the work runs, not the result."""
   assert jax.device_count() == 8
   config = tiny_config(data_dir)
-  model = recipe.model(config.model, 8)
+  model = from_config.model(config.model, 8)
   tx = optax.sgd(0.05)  # Adam's m / sqrt(v) would magnify summation-order noise in ~0 gradients
   images = np.random.default_rng(0).integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
   labels = np.arange(50, dtype=np.int32) % 8
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    step = train_step.make(model=model, tx=tx, logsnr_fn=recipe.logsnr_fn(config.diffusion),
-                           loss_kwargs=recipe.loss_kwargs(config.diffusion), timesteps=500,
+    step = train_step.make(model=model, tx=tx, logsnr_fn=from_config.logsnr_fn(config.diffusion),
+                           loss_kwargs=from_config.loss_kwargs(config.diffusion), timesteps=500,
                            batch_size=16, num_classes=8, cond_drop_rate=0.1,
                            ema_halflife_kimg=1.0, ema_rampup=0.05, steps_per_dispatch=2, mesh=mesh)
     state = jax.jit(lambda: state_lib.init(model, tx, jax.random.key(0), 16, 8),

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from experiments.sources.images import Sprite, composite_on_white, fit, fit_method, tiles, to_rgba
+from experiments.data.sources.images import Sprite, composite_on_white, fit, fit_method, tiles, to_rgba
 
 CLASS_NAMES = ('humanoid', 'animal', 'monster', 'food', 'magic_item', 'equipment', 'treasure_tool')
 _CLASS_OF_SHEET = {

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import gaussian
-from experiments import data as data_lib, pictures, recipe
+from experiments import from_config
+from experiments.data import dataset
+from experiments.pictures import canvas
 
 # What a viewer can still make out above each logSNR (judged on 16x16 emoji, clipped to [-1, 1]).
 BANDS = ((4.0, 'clearly the sprite'), (1.5, 'details'), (-1.5, 'outline'), (-np.inf, 'no idea'))
@@ -72,7 +74,7 @@ def terminal_note(logsnr_1: float) -> str:
           '(diffusion.zero_terminal_snr=True fixes it)')
 
 
-def pick_sprites(data: data_lib.SpriteData, count: int) -> np.ndarray:
+def pick_sprites(data: dataset.SpriteData, count: int) -> np.ndarray:
   """The first training sprite of each of the first `count` classes (or the first `count`)."""
   if data.num_classes == 0:
     return data.images[:count]
@@ -90,20 +92,20 @@ def _run_end(words: list[str], start: int) -> int:
 
 
 def _tile(x: np.ndarray, factor: int) -> np.ndarray:
-  return pictures.upscale(data_lib.to_uint8(x), factor)
+  return canvas.upscale(dataset.to_uint8(x), factor)
 
 
 def strip(images: np.ndarray, diffusion_cfg, seed: int, factor: int) -> np.ndarray:
   """The ink-drop picture: one row per sprite, one column per noise level, labelled."""
-  logsnr_fn = recipe.logsnr_fn(diffusion_cfg)
+  logsnr_fn = from_config.logsnr_fn(diffusion_cfg)
   times = times_at(logsnr_fn, STRIP_LOGSNR)
   logsnr = np.asarray(logsnr_fn(jnp.asarray(times, jnp.float32)), np.float64)
-  x_t = noisy(data_lib.to_model(images), logsnr, seed)
+  x_t = noisy(dataset.to_model(images), logsnr, seed)
   words = [band(l) for l in logsnr]
   spans = [(k, _run_end(words, k), w) for k, w in enumerate(words) if k == 0 or words[k - 1] != w]
   tiles = [[_tile(x_t[j, i], factor) for j in range(len(times))] for i in range(len(images))]
   labels = [f't={t:.2f}\nSNR={snr_text(l)}' for t, l in zip(times, logsnr)]
-  return pictures.labelled_grid(
+  return canvas.labelled_grid(
       tiles, col_labels=labels, spans=spans, footer=terminal_note(logsnr[-1]),
       title=f'Forward process q(x_t | x_0), {diffusion_cfg.schedule} schedule')
 
@@ -112,29 +114,29 @@ def gif_frames(images: np.ndarray, diffusion_cfg, seed: int, factor: int, count:
   """`count` frames of the sprites drifting from t = 0 to t = 1, evenly spaced in logSNR."""
   if count < 2:
     raise ValueError(f'show.forward_frames={count}: need at least 2 (t = 0 and t = 1).')
-  logsnr_fn = recipe.logsnr_fn(diffusion_cfg)
+  logsnr_fn = from_config.logsnr_fn(diffusion_cfg)
   end = float(logsnr_fn(jnp.float32(1.0)))
   # count - 2 levels from logSNR 6 down to, not including, the end (or -6: all noise beyond).
   levels = np.linspace(6.0, max(end, -6.0), count - 1)[:-1]
   times = np.concatenate([[0.0], _first_times(logsnr_fn, levels)[0], [1.0]])
   logsnr = np.asarray(logsnr_fn(jnp.asarray(times, jnp.float32)), np.float64)
-  x_t = noisy(data_lib.to_model(images), logsnr, seed)
+  x_t = noisy(dataset.to_model(images), logsnr, seed)
   frames = []
   for j, (t, l) in enumerate(zip(times, logsnr)):
     # The note on every frame keeps the frames one width, so the sprites do not jump.
-    frames.append(pictures.labelled_grid(
+    frames.append(canvas.labelled_grid(
         [[_tile(x, factor) for x in x_t[j]]], title=f'{diffusion_cfg.schedule} schedule',
         footer=f't={t:.2f}  SNR={snr_text(l)}\n{band(l)}\n\n{terminal_note(logsnr[-1])}'))
   return frames
 
 
-def write(config, data: data_lib.SpriteData, out_dir: str) -> tuple[str, str]:
+def write(config, data: dataset.SpriteData, out_dir: str) -> tuple[str, str]:
   """<out_dir>/forward.png (the strip) and forward.gif; returns their paths."""
   images = pick_sprites(data, config.show.sprites)
   factor = config.sample.upscale
   png, gif = os.path.join(out_dir, 'forward.png'), os.path.join(out_dir, 'forward.gif')
-  pictures.save_png(png, strip(images, config.diffusion, config.seed, factor))
+  canvas.save_png(png, strip(images, config.diffusion, config.seed, factor))
   # The GIF shows a single row, so it can afford bigger pixels than the strip.
-  pictures.save_gif(gif, gif_frames(images, config.diffusion, config.seed, factor + 2,
+  canvas.save_gif(gif, gif_frames(images, config.diffusion, config.seed, factor + 2,
                                     config.show.forward_frames), ms_per_frame=150)
   return png, gif

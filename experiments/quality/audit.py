@@ -8,7 +8,8 @@ people, not copied, so their distances are the baseline a novel sample should lo
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from experiments import metrics, pictures
+from experiments.pictures import canvas
+from experiments.quality import metrics
 
 PERCENTILES = (0, 1, 5, 25, 50, 75, 95)
 
@@ -61,8 +62,8 @@ def nearest_picture(images, train_images, nearest: dict, shown: int, upscale: in
   size = images.shape[1] * upscale
   cell_w, cell_h = 3 * size + 8, size + 6
   rows, top = -(-len(order) // columns), 20
-  canvas = Image.new('RGB', (columns * cell_w + 4, top + rows * cell_h + 4), (255, 255, 255))
-  draw = ImageDraw.Draw(canvas)
+  page = Image.new('RGB', (columns * cell_w + 4, top + rows * cell_h + 4), (255, 255, 255))
+  draw = ImageDraw.Draw(page)
   font = ImageFont.load_default(size=max(10, size // 5))
   _label(draw, (4, 3), 'sample | nearest training sprite | mean |pixel difference| (0-255)', font)
   num_train = len(train_images)
@@ -70,9 +71,9 @@ def nearest_picture(images, train_images, nearest: dict, shown: int, upscale: in
     x, y = 4 + (n % columns) * cell_w, top + (n // columns) * cell_h
     j = int(nearest['pixel_index'][i])
     for k, sprite in enumerate((images[i], np.asarray(mirrored[j]))):
-      canvas.paste(Image.fromarray(pictures.upscale(sprite, upscale)), (x + k * (size + 2), y))
+      page.paste(Image.fromarray(canvas.upscale(sprite, upscale)), (x + k * (size + 2), y))
     d = float(nearest['pixel_distance'][i])
     tag = ' '.join(t for t, on in (('copy', d == 0), ('mirror', j >= num_train)) if on)
     _label(draw, (x + 2 * size + 6, y + 2), f'{d:.2f}', font)
     _label(draw, (x + 2 * size + 6, y + size // 2), tag, font)
-  return np.asarray(canvas)
+  return np.asarray(page)

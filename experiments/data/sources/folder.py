@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageSequence
 
-from experiments.sources.images import (Sprite, composite_on_white, fit, fit_method, tiles, to_rgba,
+from experiments.data.sources.images import (Sprite, composite_on_white, fit, fit_method, tiles, to_rgba,
                                         visible_pixels)
 
 EXTENSIONS = ('.png', '.gif', '.bmp', '.webp')

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from experiments.sources.images import Sprite, composite_on_white, crop_square_to_content, resize, to_rgba
+from experiments.data.sources.images import Sprite, composite_on_white, crop_square_to_content, resize, to_rgba
 
 CLASS_NAMES = ('smileys_emotion', 'people_body', 'animals_nature', 'food_drink',
                'travel_places', 'activities', 'objects', 'symbols')

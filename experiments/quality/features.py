@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from experiments import data as data_lib
+from experiments.data import dataset
 
 VERSION = 1  # bump when the network, its training or its inputs change: older caches are ignored
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
@@ -117,7 +117,7 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, *, st
   net = SpriteNet(4 if rotation else num_classes)
   key = jax.random.key(seed)
   tx = optax.adamw(optax.cosine_onecycle_schedule(steps, learning_rate), weight_decay=1e-3)
-  x_all = jnp.asarray(data_lib.to_model(images))
+  x_all = jnp.asarray(dataset.to_model(images))
   y_all = jnp.zeros(len(images), jnp.int32) if rotation else jnp.asarray(labels, jnp.int32)
 
   def loss_fn(params, x, y, kind):
@@ -148,7 +148,7 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, *, st
 
 @functools.partial(jax.jit, static_argnames='num_classes')
 def _forward(params, images, num_classes: int):
-  features, logits, damage_logits = SpriteNet(num_classes).apply(params, data_lib.to_model(images))
+  features, logits, damage_logits = SpriteNet(num_classes).apply(params, dataset.to_model(images))
   return features, jnp.argmax(logits, axis=-1), jnp.argmax(damage_logits, axis=-1)
 
 
@@ -184,8 +184,8 @@ def _damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | 
   """How often the damage head names the damage (or its absence) of damaged held-out sprites."""
   if len(images) == 0:
     return None
-  x, kind = damage(jax.random.key(seed), jnp.asarray(data_lib.to_model(images)))
-  predicted = _forward(net.params, jnp.asarray(data_lib.to_uint8(x)), net.num_classes)[2]
+  x, kind = damage(jax.random.key(seed), jnp.asarray(dataset.to_model(images)))
+  predicted = _forward(net.params, jnp.asarray(dataset.to_uint8(x)), net.num_classes)[2]
   return float(np.mean(np.asarray(predicted) == np.asarray(kind)))
 
 
@@ -195,8 +195,8 @@ def cache_dir(data_cfg, dataset_name: str, steps: int, seed: int) -> str:
                       f'{dataset_name}-v{VERSION}-steps{steps}-seed{seed}')
 
 
-def load_or_train(data_cfg, dataset_name: str, train: data_lib.SpriteData,
-                  test: data_lib.SpriteData, *, steps: int, seed: int) -> FeatureNet:
+def load_or_train(data_cfg, dataset_name: str, train: dataset.SpriteData,
+                  test: dataset.SpriteData, *, steps: int, seed: int) -> FeatureNet:
   """The cached network of this dataset, or a freshly trained one (then cached)."""
   folder = cache_dir(data_cfg, dataset_name, steps, seed)
   labelled = train.num_classes > 0

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import losses
-from experiments import parallel
-from experiments.state import TrainState, ema_decay
+from experiments.runtime import parallel
+from experiments.runtime.state import TrainState, ema_decay
 
 
 def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: float, mesh):

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments import pictures
+from experiments.pictures import canvas
 
 
 def background_mask(images: np.ndarray, tolerance: int = 24) -> np.ndarray:
@@ -96,7 +96,7 @@ def sprite_sheet(rgba: np.ndarray, columns: int, factor: int = 1, pad: int = 1):
   places, (width, height) = layout(n, columns, size, pad * factor)
   sheet = np.zeros((height, width, 4), np.uint8)
   for sprite, (x, y) in zip(rgba, places):
-    sheet[y:y + size, x:x + size] = pictures.upscale(sprite, factor)
+    sheet[y:y + size, x:x + size] = canvas.upscale(sprite, factor)
   return sheet, [(x, y, size, size) for x, y in places]
 
 
@@ -113,7 +113,7 @@ def write_sheet(stem: str, images: np.ndarray, names: Sequence[str], classes: Se
   rgba = reduce_palette(to_rgba(images, tolerance), colors)
   sheet, boxes = sprite_sheet(rgba, columns, factor)
   png = stem + '_sheet.png'
-  pictures.save_png(png, sheet)
+  canvas.save_png(png, sheet)
   with open(stem + '_sheet.json', 'w', encoding='utf-8') as f:
     json.dump(atlas(boxes, names, classes, os.path.basename(png), sheet.shape), f, indent=1)
   return png

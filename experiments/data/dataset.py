@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from experiments import sprites_builder
+from experiments.data import tfds_builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,12 +21,12 @@ class SpriteData:
     return len(self.class_names)
 
 
-def builder(data_cfg) -> sprites_builder.Sprites:
-  config = sprites_builder.make_config(
+def builder(data_cfg) -> tfds_builder.Sprites:
+  config = tfds_builder.make_config(
       source=data_cfg.source, manual_dir=data_cfg.manual_dir, image_size=data_cfg.image_size,
       tile_size=data_cfg.tile_size, test_fraction=data_cfg.test_fraction)
   data_dir = os.path.expanduser(data_cfg.data_dir)
-  return sprites_builder.Sprites(config=config, data_dir=data_dir, file_format='array_record')
+  return tfds_builder.Sprites(config=config, data_dir=data_dir, file_format='array_record')
 
 
 def load(data_cfg, split: str = 'train') -> SpriteData:

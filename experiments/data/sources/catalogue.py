@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 from scipy import sparse, spatial
 
-from experiments.sources.images import Sprite
+from experiments.data.sources.images import Sprite
 
 MIN_PIXELS_PER_COLOUR = 4  # below this, a sprite's colours carry its content: see `structure_key`
 NEAR_MAD = 2.0  # on the 0..255 scale: a few changed pixels in a 16x16 sprite, never a different sprite

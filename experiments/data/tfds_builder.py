@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from experiments import pictures
-from experiments.sources import catalogue, course, dawnlike, emoji, folder
+from experiments.data.sources import catalogue, course, dawnlike, emoji, folder
+from experiments.pictures import canvas
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ def preview(splits: dict, class_names: list[str], per_class: int = 16) -> np.nda
     picks = np.unique(np.linspace(0, len(members) - 1, min(count, len(members))).round().astype(int))
     blank = np.full_like(everything[0].image, 255)
     rows += [members[i] for i in picks] + [blank] * (count - len(picks))
-  return pictures.grid(np.stack(rows), len(labels) if class_names else 8, background=160)
+  return canvas.grid(np.stack(rows), len(labels) if class_names else 8, background=160)
 
 
 class Sprites(tfds.core.GeneratorBasedBuilder):
@@ -145,7 +145,7 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update(
         class_names=names, counts=counts, duplicates_removed=built.duplicates_removed,
         num_groups=built.num_groups, license=LICENSES.get(cfg.source, ''))
-    pictures.save_png(os.path.join(self.data_dir, PREVIEW), preview(splits, names), 4)
+    canvas.save_png(os.path.join(self.data_dir, PREVIEW), preview(splits, names), 4)
     self._summary = (f'Built {self.name}/{cfg.name}: {sum(map(len, splits.values())):,} sprites in '
                      f'{built.num_groups:,} groups of variants, {built.duplicates_removed:,} exact '
                      f'duplicates removed.\n{catalogue.summary(counts, names)}')

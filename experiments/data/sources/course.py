@@ -8,7 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
-from experiments.sources.images import Sprite
+from experiments.data.sources.images import Sprite
 
 IMAGES = 'sprites_1788_16x16.npy'
 LABELS = 'sprite_labels_nc_1788_16x16.npy'

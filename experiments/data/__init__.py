@@ -1,0 +1,1 @@
+"""Sprite data: the TFDS builder, its sources, and loading a split into memory."""

@@ -1,0 +1,1 @@
+"""Pictures: grids and labels, the forward process, sprite sheets."""

@@ -1,0 +1,1 @@
+"""How good and how new the sprites are: the feature network, metrics, the memorization audit."""
