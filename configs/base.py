@@ -87,10 +87,10 @@ def _sample() -> ml_collections.ConfigDict:
   s.batch_size = 256     # sprites per jitted sampling call
   s.gif = True           # write the denoising progression as a GIF
   s.gif_frames = 25
-  s.upscale = 4          # nearest-neighbour factor for the PNG grids
+  s.upscale = 4          # nearest-neighbor factor for the PNG grids
   s.sheet = True         # also write a game-ready sprite sheet: <stem>_sheet.png (RGBA) + .json atlas
-  s.sheet_colors = 0     # reduce the sheet to this many colours (k-means, one palette); 0 = keep all
-  s.sheet_upscale = 1    # integer nearest-neighbour factor of the sheet (engines usually scale it)
+  s.sheet_colors = 0     # reduce the sheet to this many colors (k-means, one palette); 0 = keep all
+  s.sheet_upscale = 1    # integer nearest-neighbor factor of the sheet (engines usually scale it)
   s.sheet_key = 24       # background: border-connected, channels >= 255 - this (> 30 eats pale sprites)
   return s
 

@@ -6,6 +6,7 @@
   python launch.py --config=configs/sprites.py         # the best recipe we have, for a GPU
 """
 from configs import base
+from diffusion import registry
 
 PRESETS = ('smoke', 'cpu', 'course', 'default')
 
@@ -48,8 +49,7 @@ def _default(c):
 
 def get_config(preset: str = ''):
   preset = preset or 'default'
-  if preset not in PRESETS:
-    raise ValueError(f'Unknown preset {preset!r}; valid: {", ".join(PRESETS)}.')
+  registry.check(preset, PRESETS, 'preset')
   c = base.get_config()
   c.name, c.preset = 'sprites', '' if preset == 'default' else preset
   {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'default': _default}[preset](c)

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import gaussian
+from diffusion import gaussian, registry
 
 # (x_t [B, H, W, C], t, logsnr(t)) -> (x0_hat, eps_hat); t and logsnr are scalars or [B].
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -34,7 +34,7 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
     s = jnp.maximum(jnp.quantile(flat, percentile, axis=1), 1.0)
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return jnp.clip(x0, -s, s) / s
-  raise ValueError(f'Unknown x0 threshold {method!r}; valid: {", ".join(THRESHOLDS)}.')
+  registry.check(method, THRESHOLDS, 'x0 threshold')
 
 
 def make_denoiser(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],

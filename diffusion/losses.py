@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import gaussian
+from diffusion import gaussian, registry
 
 WEIGHTINGS = ('simple', 'min_snr', 'sigmoid', 'edm', 'elbo')
 
@@ -35,7 +35,8 @@ def x0_weight(name: str, *, logsnr: jax.Array, dlogsnr_dt: jax.Array | None = No
     return 1 / sigma_data**2 + snr
   if name == 'elbo':
     return -0.5 * dlogsnr_dt * snr
-  raise ValueError(f'Unknown loss weighting {name!r}; valid: {", ".join(WEIGHTINGS)}.')
+  # 'simple' is no weight on the x0 error (loss_weight handles it), so it is not valid here.
+  registry.check(name, WEIGHTINGS[1:], 'loss weighting')
 
 
 def loss_weight(name: str, *, logsnr: jax.Array, prediction: str, sigma_data: float = 0.5,

@@ -2,7 +2,7 @@
 
 Every step moves x from time t to an earlier time s on a grid from t = 1 to t = 0, using
 only a denoiser (x_t, t, logsnr) -> (x0_hat, eps_hat). The schedule enters only as that
-grid of (t, logSNR(t)) values (EDM's "discretisation" switch), so the step count is
+grid of (t, logSNR(t)) values (EDM's "discretization" switch), so the step count is
 independent of the training T, every sampler works with every schedule and prediction
 target, and one compiled sampler serves any schedule of the same length. All formulas use (alpha, sigma) of the variance-preserving
 process, so they stay finite at zero terminal SNR (alpha = 0 at t = 1).
@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from diffusion import gaussian
+from diffusion import gaussian, registry
 from diffusion.denoiser import Denoiser
 from diffusion.schedules import alpha_sigma
 
@@ -116,9 +116,7 @@ SAMPLERS = {
 
 
 def get(name: str) -> Sampler:
-  if name not in SAMPLERS:
-    raise ValueError(f'Unknown sampler {name!r}; valid: {", ".join(sorted(SAMPLERS))}.')
-  return SAMPLERS[name]
+  return registry.lookup(SAMPLERS, name, 'sampler')
 
 
 def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int):
@@ -136,10 +134,19 @@ def _step_noise(keys: jax.Array, i: jax.Array, shape: tuple[int, ...]) -> jax.Ar
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i + 1), shape))(keys)
 
 
-def _frame_slots(steps: int, frames: int) -> jax.Array:
-  """slot[i] = index of the frame recorded at step i, or -1: `frames` <= steps steps spread evenly."""
+class Movie(NamedTuple):
+  """The denoising movie: what the sampler saw at `frames` evenly spread steps."""
+  x_t: jax.Array   # [frames, B, *shape] the state entering each recorded step
+  x0: jax.Array    # [frames, B, *shape] the predicted x0 at that step
+  step: jax.Array  # [frames] the recorded step indices (0 = the first step, from t = 1)
+  t: jax.Array     # [frames] the time each recorded step started from
+
+
+def _recorded_steps(steps: int, frames: int) -> tuple[jax.Array, jax.Array]:
+  """(the `frames` <= steps step indices spread evenly, slot[i] = frame of step i or -1)."""
   chosen = jnp.round(jnp.linspace(0, steps - 1, frames)).astype(jnp.int32)  # distinct: frames <= steps
-  return jnp.full((steps,), -1, jnp.int32).at[chosen].set(jnp.arange(frames, dtype=jnp.int32))
+  slots = jnp.full((steps,), -1, jnp.int32).at[chosen].set(jnp.arange(frames, dtype=jnp.int32))
+  return chosen, slots
 
 
 def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Array,
@@ -147,15 +154,15 @@ def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Ar
   """Draw one sprite per key: x_1 ~ N(0, I), then a `sampler` step per interval of `grid`.
 
   grid: (ts, logsnrs), each [steps + 1], from t = 1 down to t = 0 (see `time_grid`).
-  Returns x0 [B, *shape], or with frames > 0 also (x_t, x0_hat) at min(frames, steps) evenly
-  spread steps, each [frames, B, *shape]: the denoising movie. Call it inside jit.
+  Returns x0 [B, *shape], or with frames > 0 (x0, Movie) with min(frames, steps) evenly spread
+  steps recorded. Call it inside jit.
   """
   spec = get(sampler)
   stochastic = spec.stochastic and (sampler != 'ddim' or eta > 0)
   ts, logsnrs = grid
   steps = ts.shape[0] - 1
   frames = min(frames, steps)
-  slots = _frame_slots(steps, max(frames, 1))
+  recorded, slots = _recorded_steps(steps, max(frames, 1))
   x = initial_noise(keys, shape)
   movie = jnp.zeros((max(frames, 1), 2) + x.shape, x.dtype)
 
@@ -172,5 +179,5 @@ def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Ar
 
   x, _, movie = jax.lax.fori_loop(0, steps, body, (x, spec.init_carry(x), movie))
   if frames:
-    return x, (movie[:, 0], movie[:, 1])
+    return x, Movie(movie[:, 0], movie[:, 1], recorded, ts[recorded])
   return x

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion import registry
+
 LogSNR = Callable[[jax.Array], jax.Array]
 
 # Floor for schedules whose logSNR diverges at t = 1. sigmoid(-20) ~ 2e-9 = alpha_bar,
@@ -80,7 +82,7 @@ def sigmoid(*, sigmoid_start: float = -3.0, sigmoid_end: float = 3.0,
 def edm(*, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> LogSNR:
   """Karras et al. 2022: sigma = sigma_ve, spaced uniformly in sigma^(1/rho); logSNR = -2 log sigma.
 
-  Uniform steps in t give exactly EDM's time discretisation.
+  Uniform steps in t give exactly EDM's time discretization.
   """
   lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
 
@@ -130,9 +132,7 @@ SCHEDULES = {
 
 def get(name: str) -> Callable[..., LogSNR]:
   """The constructor of schedule `name`; unknown names list the valid ones."""
-  if name not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {name!r}; valid: {", ".join(sorted(SCHEDULES))}.')
-  return SCHEDULES[name]
+  return registry.lookup(SCHEDULES, name, 'schedule')
 
 
 def discretize(logsnr_fn: LogSNR, timesteps: int) -> jax.Array:

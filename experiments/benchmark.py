@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import sprites
-from experiments import from_config, sample
-from experiments.runtime import parallel, state as state_lib, train_step
+from experiments import from_config
+from experiments.runtime import drawing, parallel, state as state_lib, train_step
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
 _WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'],
@@ -67,19 +67,17 @@ def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: 
   """Images/s of the real jitted train step (donated state, data gathered on device)."""
   mesh = parallel.make_mesh()
   model = from_config.model(config.model, num_classes)
-  tx = state_lib.optimizer(config.train)
-  d, t = config.diffusion, config.train
-  step = train_step.make(model=model, tx=tx, logsnr_fn=from_config.logsnr_fn(d),
-                         loss_kwargs=from_config.loss_kwargs(d), timesteps=d.timesteps,
-                         batch_size=t.batch_size, num_classes=num_classes,
-                         cond_drop_rate=d.cond_drop_rate, ema_halflife_kimg=t.ema_halflife_kimg,
-                         ema_rampup=t.ema_rampup, steps_per_dispatch=per_dispatch, mesh=mesh)
+  tx = from_config.optimizer(config.train)
+  kwargs = from_config.train_step_kwargs(config, num_classes, jax.default_backend())
+  kwargs['steps_per_dispatch'] = per_dispatch
+  step = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
+  batch = config.train.batch_size
   size = config.data.image_size
   rng = np.random.default_rng(0)
   data = parallel.put_replicated((rng.integers(0, 256, (4096, size, size, 3), dtype=np.uint8),
                                   rng.integers(0, num_classes, 4096).astype(np.int32)), mesh)
-  state = jax.jit(lambda: state_lib.init(model, tx, jax.random.key(0), size, num_classes),
-                  out_shardings=parallel.replicated(mesh))()
+  state = state_lib.create(model=model, tx=tx, seed=0, image_size=size, num_classes=num_classes,
+                           mesh=mesh)
   key = jax.random.key(1)
   start = time.perf_counter()
   state, metrics = step(state, *data, key)
@@ -94,9 +92,9 @@ def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: 
   jax.block_until_ready(metrics)
   seconds = time.perf_counter() - start
   return emit({'what': 'train', 'model': label, 'n_feat': config.model.n_feat,
-               'batch': t.batch_size, 'dtype': config.model.dtype,
+               'batch': batch, 'dtype': config.model.dtype,
                'steps_per_dispatch': per_dispatch, 'steps': calls * per_dispatch,
-               'img_per_s': calls * per_dispatch * t.batch_size / seconds,
+               'img_per_s': calls * per_dispatch * batch / seconds,
                'step_ms': 1e3 * seconds / (calls * per_dispatch), 'first_call_s': compile_s,
                'loss': float(metrics['loss']), 'peak_memory_mb': peak_memory_mb()})
 
@@ -111,7 +109,7 @@ def sample_speed(config, sampler: str, steps: int, n: int) -> dict:
                    out_shardings=parallel.replicated(mesh))()
   # The loop sample.py runs, without guidance or clipping: the peer has neither.
   config.sample.update(sampler=sampler, steps=steps, guidance=0.0, clip_x0='none', eta=0.0)
-  fn = sample.make_sample_fn(model, config, mesh, frames=0)
+  fn = drawing.make_sample_fn(model, from_config.sampling(config), mesh, frames=0)
   n = -(-n // mesh.size) * mesh.size
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(n))
   context = jax.nn.one_hot(jnp.arange(n) % COURSE_CLASSES, COURSE_CLASSES)

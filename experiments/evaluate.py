@@ -11,33 +11,29 @@ of the project's own sprite network (experiments/quality/features.py):
 Writes <workdir>/eval/<name>.json, <name>_nearest.png and (when drawn) <name>_samples.npz, copies
 the first two to <workdir>/eval.json and <workdir>/nearest.png, and prints a one-screen summary.
 """
-import json
 import os
 import shutil
 import time
 
-import jax
 import numpy as np
 from absl import logging
 
+from diffusion import registry
 from experiments import from_config, sample
 from experiments.data import dataset
 from experiments.pictures import canvas
-from experiments.quality import audit, features, metrics
-from experiments.runtime import checkpoints, parallel
+from experiments.quality import audit, features, floor, metrics, report as report_lib
+from experiments.runtime import checkpoints, drawing, files, parallel
 
-# FID's bias grows like feature_dim / set size; below ~10 samples per dimension it dominates
-# the value and moves with the set size, so such FIDs only mean something as ratios.
-STABLE_FID_SET = 10 * features.FEATURE_DIM
 REFERENCES = ('test', 'train')
 
 
 def check_config(eval_cfg) -> None:
   """The eval keys' checks, run before training so a typo does not wait for the end."""
-  e = eval_cfg
-  if e.reference not in REFERENCES:
-    raise ValueError(f'Unknown eval.reference {e.reference!r}; valid: {", ".join(REFERENCES)}.')
-  if min(e.num_samples, e.repeats, e.knn, e.batch_size, e.feature_steps) < 1 or e.near_copy <= 0:
+  registry.check(eval_cfg.reference, REFERENCES, 'eval.reference')
+  counts = (eval_cfg.num_samples, eval_cfg.repeats, eval_cfg.knn, eval_cfg.batch_size,
+            eval_cfg.feature_steps)
+  if min(counts) < 1 or eval_cfg.near_copy <= 0:
     raise ValueError('eval.num_samples, repeats, knn, batch_size and feature_steps must be >= 1, '
                      'and eval.near_copy > 0.')
 
@@ -56,13 +52,14 @@ def _draw(config, workdir, train, params, step):
   """(images, labels, name, step) sampled with the configured sampler, no GIF."""
   mesh = parallel.make_mesh()
   if params is None:
-    step, params = sample.restore_params(config, workdir, train.num_classes, mesh)
+    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema,
+                                          **from_config.state_kwargs(config, train.num_classes))
   labels = proportional_labels(train.labels, train.num_classes, config.eval.num_samples)
   context = dataset.context(labels, train.num_classes)
   model = from_config.model(config.model, train.num_classes)
-  fn = sample.make_sample_fn(model, config, mesh, frames=0)
-  images, _ = sample.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
-                              mesh, frames=0)
+  fn = drawing.make_sample_fn(model, from_config.sampling(config), mesh, frames=0)
+  images, _ = drawing.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
+                               mesh, frames=0)
   return images, labels, sample.output_name(config, step or 0), step
 
 
@@ -90,59 +87,6 @@ def read_samples(path: str, like: np.ndarray, num_classes: int):
   return images, labels
 
 
-def group_halves(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Indices of two halves of a split with no sprite group in both (variants stay together)."""
-  rng = np.random.default_rng(seed)
-  unique = rng.permutation(np.unique(groups))
-  counts = np.array([np.sum(groups == g) for g in unique])
-  first = unique[np.cumsum(counts) <= len(groups) / 2]
-  in_first = np.isin(groups, first)
-  return rng.permutation(np.flatnonzero(in_first)), rng.permutation(np.flatnonzero(~in_first))
-
-
-def _set_metrics(fake, real, k: int, block: int) -> dict[str, float]:
-  precision, recall = metrics.precision_recall(real, fake, k, block)
-  return {'fid': float(metrics.fid(fake, real)), 'kid': float(metrics.kid(fake, real, block)),
-          'precision': float(precision), 'recall': float(recall)}
-
-
-def distribution_metrics(sample_f, ref_f, ref_groups, eval_cfg) -> dict:
-  """Each metric for samples vs one half of the reference, and for the other half vs it (the
-  floor), all sets of one size h; repeated over redrawn halves (and further samples), averaged."""
-  n, k, block = len(sample_f), eval_cfg.knn, eval_cfg.batch_size
-  halves = [group_halves(ref_groups, eval_cfg.seed + r) for r in range(eval_cfg.repeats)]
-  h = min([n] + [min(len(a), len(b)) for a, b in halves])
-  if h <= k + 1:
-    raise ValueError(f'Sets of {h} sprites are too few for k-NN precision/recall with '
-                     f'eval.knn={k}: draw more samples or use a larger reference split.')
-  order = np.random.default_rng(eval_cfg.seed).permutation(n)  # samples come sorted by class
-  runs = {'samples': [], 'floor': []}
-  for r, (first, second) in enumerate(halves):
-    real_b = ref_f[second[:h]]
-    fake = sample_f[order[np.arange(r * h, (r + 1) * h) % n]]  # disjoint while samples last
-    runs['samples'].append(_set_metrics(fake, real_b, k, block))
-    runs['floor'].append(_set_metrics(ref_f[first[:h]], real_b, k, block))
-  out = {'set_size': h, 'repeats': len(halves)}
-  for name in ('fid', 'kid', 'precision', 'recall'):
-    s, f = (np.array([m[name] for m in runs[who]]) for who in ('samples', 'floor'))
-    out[name] = {'samples': float(s.mean()), 'samples_std': float(s.std()),
-                 'floor': float(f.mean()), 'floor_std': float(f.std()),
-                 'ratio': float(s.mean() / f.mean()) if f.mean() > 0 else None}
-  # KID is unbiased, so its floor is 0 up to noise and a ratio to it means nothing: read the
-  # samples' KID against the floor's spread instead.
-  out['kid']['ratio'] = None
-  out['fid']['stable'] = h >= STABLE_FID_SET
-  return out
-
-
-def conditional_accuracy(predicted, labels, ref_predicted, ref_labels) -> dict:
-  asked = labels >= 0
-  real = ref_labels >= 0
-  return {'samples': float(np.mean(predicted[asked] == labels[asked])) if asked.any() else None,
-          'real_heldout': float(np.mean(ref_predicted[real] == ref_labels[real]))
-                          if real.any() else None}
-
-
 def _sprites(config, workdir, train, params, step):
   """(images, labels, name, step, source) to evaluate: eval.samples if set, else fresh draws."""
   path = config.eval.samples
@@ -157,19 +101,20 @@ def _sprites(config, workdir, train, params, step):
   return images, labels, name, step, 'drawn'
 
 
-def measure(images, labels, train, ref, heldout, net, eval_cfg) -> tuple[dict, dict]:
-  """Every metric of the report, and the samples' nearest-neighbour arrays (for the picture)."""
-  block = eval_cfg.batch_size
+def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int, seed: int,
+            block: int, near_copy: float) -> tuple[dict, dict]:
+  """Every metric of the report, and the samples' nearest-neighbor arrays (for the picture)."""
   sample_f, sample_pred = (np.asarray(a) for a in features.embed(net, images, block))
   ref_f = np.asarray(features.embed(net, ref.images, block)[0])
   held_f, held_pred = (np.asarray(a) for a in features.embed(net, heldout.images, block))
   train_f = features.embed(net, np.asarray(metrics.with_mirrors(train.images)), block)[0]
-  report = distribution_metrics(sample_f, ref_f, ref.groups, eval_cfg)
-  report['conditional_accuracy'] = conditional_accuracy(sample_pred, labels, held_pred,
-                                                        heldout.labels)
+  report = floor.distribution_metrics(sample_f, ref_f, ref.groups, knn=knn, repeats=repeats,
+                                      seed=seed, block=block)
+  report['conditional_accuracy'] = floor.conditional_accuracy(sample_pred, labels, held_pred,
+                                                              heldout.labels)
   near = audit.nearest_training(images, sample_f, train.images, train_f, block)
   near_held = audit.nearest_training(heldout.images, held_f, train.images, train_f, block)
-  report['memorization'] = audit.report(near, near_held, len(train.images), eval_cfg.near_copy)
+  report['memorization'] = audit.report(near, near_held, len(train.images), near_copy)
   return report, near
 
 
@@ -179,43 +124,35 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   del class_names  # the training split carries them; the keyword matches sample.run
   start = time.perf_counter()
   from_config.validate(config)
-  e = config.eval
+  eval_cfg = config.eval
   check_config(e)
   train, heldout = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
-  ref = heldout if e.reference == 'test' else train
+  ref = heldout if eval_cfg.reference == 'test' else train
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)
   drawn = time.perf_counter()
   b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
-  net = features.load_or_train(config.data, f'{b.builder_config.name}-{b.version}',
-                               train, heldout, steps=e.feature_steps, seed=e.feature_seed)
+  name_version = f'{b.builder_config.name}-{b.version}'
+  steps, seed = eval_cfg.feature_steps, eval_cfg.feature_seed
+  net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, steps, seed),
+                               train, heldout, dataset_name=name_version, steps=steps, seed=seed)
   trained = time.perf_counter()
-  report, near = measure(images, labels, train, ref, heldout, net, e)
+  report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
+                         repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,
+                         near_copy=eval_cfg.near_copy)
   report = {'step': step, 'samples': {'count': len(images), 'source': source, 'name': name},
-            'reference': {'split': e.reference, 'count': len(ref.images)},
+            'reference': {'split': eval_cfg.reference, 'count': len(ref.images)},
             'feature_net': net.info, **report,
             'seconds': {'data': round(loaded - start, 2), 'sampling': round(drawn - loaded, 2),
                         'feature_net': round(trained - drawn, 2),
                         'metrics': round(time.perf_counter() - trained, 2),
                         'total': round(time.perf_counter() - start, 2)}}
-  report['warnings'] = caveats(report)
-  if jax.process_index() == 0:
-    picture = audit.nearest_picture(images, train.images, near, e.nearest_shown)
+  report['warnings'] = report_lib.caveats(report)
+  if files.is_writer():
+    picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
     _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
-    print(summary(report), flush=True)
+    print(report_lib.summary(report), flush=True)
   return report
-
-
-def caveats(report: dict) -> list[str]:
-  out = []
-  h = report['set_size']
-  if not report['fid']['stable']:
-    out.append(f'FID from sets of {h} sprites (< {STABLE_FID_SET} = 10 per feature dimension) is '
-               'dominated by small-sample bias: read its ratio to the floor, and KID.')
-  if report['reference']['split'] == 'train':
-    out.append('The reference is the training split, which the feature network was trained on and '
-               'a copying model reproduces: a ratio near 1 does not rule out memorization.')
-  return out
 
 
 def _write(workdir: str, name: str, report: dict, picture: np.ndarray, drawn) -> None:
@@ -225,51 +162,10 @@ def _write(workdir: str, name: str, report: dict, picture: np.ndarray, drawn) ->
   stem = os.path.join(folder, name)
   if drawn is not None:
     np.savez_compressed(stem + '_samples.npz', images=drawn[0], labels=drawn[1])
-  with open(stem + '.json.tmp', 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-  os.replace(stem + '.json.tmp', stem + '.json')
+  files.write_json(stem + '.json', report)
   canvas.save_png(stem + '_nearest.png', picture)
   shutil.copyfile(stem + '.json', os.path.join(workdir, 'eval.json'))
   shutil.copyfile(stem + '_nearest.png', os.path.join(workdir, 'nearest.png'))
   logging.info('Wrote %s.json and %s_nearest.png', stem, stem)
 
 
-def _pct(x) -> str:
-  return '   n/a' if x is None else f'{100 * x:5.1f}%'
-
-
-def summary(r: dict) -> str:
-  """The one-screen report printed after every evaluation."""
-  net, mem = r['feature_net'], r['memorization']
-  lines = [f"eval of {r['samples']['name']} (step {r['step']}): {r['samples']['count']} samples vs "
-           f"the {r['reference']['split']} split ({r['reference']['count']} sprites); sets of "
-           f"{r['set_size']}, {r['repeats']} repeat(s)",
-           f"feature net v{net['version']} ({net['task']}, {net['steps']} steps): held-out "
-           f"accuracy {_pct(net['test_accuracy'])}, train {_pct(net['train_accuracy'])}",
-           f"{'':22}{'samples':>18}{'floor (real/real)':>20}{'ratio':>8}"]
-  for name in ('fid', 'kid', 'precision', 'recall'):
-    m = r[name]
-    ratio = '' if m['ratio'] is None else f"{m['ratio']:8.2f}"
-    lines.append(f"{name.upper() if len(name) == 3 else name:22}"
-                 f"{m['samples']:10.4f} ± {m['samples_std']:<6.4f}"
-                 f"{m['floor']:12.4f} ± {m['floor_std']:<6.4f}{ratio}")
-  acc = r['conditional_accuracy']
-  lines.append(f"{'conditional accuracy':22}{_pct(acc['samples']):>10}{'':8}"
-               f"{_pct(acc['real_heldout']):>12}  (real held-out sprites)")
-  s, h = mem['samples'], mem['real_heldout']
-  lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
-            f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"
-            f"{_pct(h['exact_copy_rate']):>16}",
-            f"{'  near copies (pixel dist <= %g)' % mem['near_copy_threshold']:42}"
-            f"{_pct(s['near_copy_rate']):>14}{_pct(h['near_copy_rate']):>16}"]
-  for space in ('pixel', 'feature'):
-    a, b = s[f'{space}_distance'], h[f'{space}_distance']
-    lines.append(f"{'  %s distance p5 / p50' % space:42}{a['p5']:7.2f} /{a['p50']:6.2f}"
-                 f"{b['p5']:9.2f} /{b['p50']:6.2f}")
-  lines.append(f"  closer than 95% of held-out sprites: pixel "
-               f"{_pct(mem['pixel_closer_than_heldout_p5'])}, feature "
-               f"{_pct(mem['feature_closer_than_heldout_p5'])} (5% = as new as real)")
-  sec = r['seconds']
-  lines.append(f"cost {sec['total']:.1f} s: data {sec['data']:.1f}, sampling {sec['sampling']:.1f}, "
-               f"feature net {sec['feature_net']:.1f}, metrics {sec['metrics']:.1f}")
-  return '\n'.join(lines + [f'warning: {w}' for w in r['warnings']])

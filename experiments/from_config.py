@@ -1,15 +1,19 @@
-"""The config, read once into the pieces the code uses (house rule: no config below here).
+"""The config boundary: the one place that reads config sections into plain values.
 
-`validate` runs before any data is built or any array allocated, so a bad value
+Everything below it (diffusion/, runtime/, quality/, pictures/) takes arrays, callables and
+numbers. `validate` runs before any data is built or any array allocated, so a bad value
 (unknown schedule, impossible combination) fails in the first second with its key named.
 """
 import inspect
 
 import jax.numpy as jnp
+import optax
 
-from diffusion import denoiser, gaussian, losses, models, samplers, schedules
+from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+from experiments.runtime import drawing
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+LR_SCHEDULES = ('constant', 'linear', 'cosine')
 
 
 def logsnr_fn(diffusion_cfg):
@@ -21,10 +25,32 @@ def logsnr_fn(diffusion_cfg):
 
 
 def model(model_cfg, num_classes: int):
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f'Unknown model.dtype {model_cfg.dtype!r}; valid: {", ".join(DTYPES)}.')
+  dtype = registry.lookup(DTYPES, model_cfg.dtype, 'model.dtype')
   return models.get(model_cfg.name)(num_classes=max(num_classes, 1), n_feat=model_cfg.n_feat,
-                                    dtype=DTYPES[model_cfg.dtype])
+                                    dtype=dtype)
+
+
+def learning_rate(train_cfg) -> optax.Schedule:
+  """Warm-up (linear from 0) then the configured decay over the remaining steps."""
+  peak, warmup = train_cfg.learning_rate, train_cfg.warmup_steps
+  decay_steps = max(train_cfg.steps - warmup, 1)
+  main = {'constant': lambda: optax.constant_schedule(peak),
+          'linear': lambda: optax.linear_schedule(peak, 0.0, decay_steps),
+          'cosine': lambda: optax.cosine_decay_schedule(peak, decay_steps),
+          }[train_cfg.lr_schedule]()
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def optimizer(train_cfg) -> optax.GradientTransformation:
+  """Adam (AdamW when train.weight_decay > 0), after a global-norm clip when train.grad_clip > 0."""
+  lr = learning_rate(train_cfg)
+  adam = (optax.adamw(lr, weight_decay=train_cfg.weight_decay) if train_cfg.weight_decay > 0
+          else optax.adam(lr))
+  if train_cfg.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adam)
+  return adam
 
 
 def _check(condition: bool, message: str) -> None:
@@ -34,28 +60,26 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(config) -> None:
   """Every check that needs only the config; raises ValueError naming the key."""
-  d, t, s = config.diffusion, config.train, config.sample
-  logsnr_fn(d)
+  diffusion, train, sample = config.diffusion, config.train, config.sample
+  logsnr_fn(diffusion)
   models.get(config.model.name)
-  _check(config.model.dtype in DTYPES, f'model.dtype must be one of {", ".join(DTYPES)}.')
-  gaussian.check_prediction(d.prediction)
-  _check(d.loss_weighting in losses.WEIGHTINGS,
-         f'Unknown diffusion.loss_weighting {d.loss_weighting!r}; valid: {", ".join(losses.WEIGHTINGS)}.')
-  samplers.get(s.sampler)
-  _check(s.clip_x0 in denoiser.THRESHOLDS,
-         f'Unknown sample.clip_x0 {s.clip_x0!r}; valid: {", ".join(denoiser.THRESHOLDS)}.')
-  _check(not (d.zero_terminal_snr and d.prediction == 'eps'),
+  registry.check(config.model.dtype, DTYPES, 'model.dtype')
+  gaussian.get(diffusion.prediction)
+  registry.check(diffusion.loss_weighting, losses.WEIGHTINGS, 'diffusion.loss_weighting')
+  samplers.get(sample.sampler)
+  registry.check(sample.clip_x0, denoiser.THRESHOLDS, 'sample.clip_x0')
+  _check(not (diffusion.zero_terminal_snr and diffusion.prediction == 'eps'),
          'diffusion.zero_terminal_snr=True needs diffusion.prediction=v, x0 or edm: at SNR 0 an '
          'eps prediction says nothing about x0 (Lin et al. 2024, sec. 3.2).')
-  _check(d.timesteps >= 1, 'diffusion.timesteps must be >= 1.')
-  _check(0.0 <= d.cond_drop_rate <= 1.0, 'diffusion.cond_drop_rate must be in [0, 1].')
-  _check(t.steps >= 0 and t.batch_size >= 1, 'train.steps must be >= 0 and train.batch_size >= 1.')
-  _check(t.steps_per_dispatch >= 0 and t.steps % max(t.steps_per_dispatch, 1) == 0,
-         f'train.steps={t.steps} must be a multiple of train.steps_per_dispatch={t.steps_per_dispatch} '
-         '(or set it to 0: automatic).')
-  _check(t.lr_schedule in ('constant', 'linear', 'cosine'),
-         f'Unknown train.lr_schedule {t.lr_schedule!r}; valid: constant, linear, cosine.')
-  _check(s.steps >= 1 and s.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
+  _check(diffusion.timesteps >= 1, 'diffusion.timesteps must be >= 1.')
+  _check(0.0 <= diffusion.cond_drop_rate <= 1.0, 'diffusion.cond_drop_rate must be in [0, 1].')
+  _check(train.steps >= 0 and train.batch_size >= 1,
+         'train.steps must be >= 0 and train.batch_size >= 1.')
+  _check(train.steps_per_dispatch >= 0 and train.steps % max(train.steps_per_dispatch, 1) == 0,
+         f'train.steps={train.steps} must be a multiple of train.steps_per_dispatch='
+         f'{train.steps_per_dispatch} (or set it to 0: automatic).')
+  registry.check(train.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
+  _check(sample.steps >= 1 and sample.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
 
@@ -73,6 +97,31 @@ def steps_per_dispatch(train_cfg, backend: str) -> int:
 
 def loss_kwargs(diffusion_cfg) -> dict:
   """Keyword arguments of diffusion.losses.diffusion_loss that come from the config."""
-  d = diffusion_cfg
-  return dict(prediction=d.prediction, weighting=d.loss_weighting, sigma_data=d.sigma_data,
-              min_snr_gamma=d.min_snr_gamma, sigmoid_bias=d.sigmoid_bias)
+  cfg = diffusion_cfg
+  return dict(prediction=cfg.prediction, weighting=cfg.loss_weighting, sigma_data=cfg.sigma_data,
+              min_snr_gamma=cfg.min_snr_gamma, sigmoid_bias=cfg.sigmoid_bias)
+
+
+def train_step_kwargs(config, num_classes: int, backend: str) -> dict:
+  """Every keyword of runtime.train_step.make except model, tx and mesh."""
+  diffusion, train = config.diffusion, config.train
+  return dict(logsnr_fn=logsnr_fn(diffusion), loss_kwargs=loss_kwargs(diffusion),
+              timesteps=diffusion.timesteps, batch_size=train.batch_size, num_classes=num_classes,
+              cond_drop_rate=diffusion.cond_drop_rate, ema_halflife_kimg=train.ema_halflife_kimg,
+              ema_rampup=train.ema_rampup, steps_per_dispatch=steps_per_dispatch(train, backend))
+
+
+def state_kwargs(config, num_classes: int) -> dict:
+  """The keywords of runtime.state.create_or_restore that come from the config."""
+  return dict(model=model(config.model, num_classes), tx=optimizer(config.train), seed=config.seed,
+              image_size=config.data.image_size, num_classes=num_classes)
+
+
+def sampling(config, guidance: float | None = None) -> drawing.Sampling:
+  """How the configured sampler draws; `guidance` overrides sample.guidance."""
+  sample, diffusion = config.sample, config.diffusion
+  return drawing.Sampling(
+      logsnr_fn=logsnr_fn(diffusion), prediction=diffusion.prediction,
+      sigma_data=diffusion.sigma_data, sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
+      guidance=sample.guidance if guidance is None else guidance, threshold=sample.clip_x0,
+      percentile=sample.dynamic_percentile, image_size=config.data.image_size)

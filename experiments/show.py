@@ -4,7 +4,7 @@ Writes into <workdir>/show/:
   forward.png, forward.gif  training sprites dissolving into noise under the configured
                             schedule (needs only the data; see experiments/pictures/forward_process.py)
 and, once the workdir holds a checkpoint:
-  classes.png    one row per class, labelled (the same sprites as the sample grid)
+  classes.png    one row per class, labeled (the same sprites as the sample grid)
   mix.png        class A -> class B: columns mix the contexts as (1 - w) A + w B, w = 0 -> 1;
                  each row keeps one starting noise, so only the context changes along it
   guidance.png   one row per class, columns the guidance scales of show.guidance_scales;
@@ -12,14 +12,13 @@ and, once the workdir holds a checkpoint:
 """
 import os
 
-import jax
 import numpy as np
 from absl import logging
 
-from experiments import from_config, sample
+from experiments import from_config
 from experiments.data import dataset
 from experiments.pictures import canvas, forward_process
-from experiments.runtime import parallel
+from experiments.runtime import drawing, files, parallel
 
 
 def parse_scales(spec: str) -> list[float]:
@@ -48,9 +47,9 @@ def _drawer(config, mesh, params, num_classes: int):
   def draw(context, indices=None, guidance=None):
     guidance = config.sample.guidance if guidance is None else guidance
     if guidance not in fns:
-      fns[guidance] = sample.make_sample_fn(model, config, mesh, 0, guidance=guidance)
-    return sample.generate(fns[guidance], params, config.sample.seed, context,
-                           config.sample.batch_size, mesh, 0, indices=indices)[0]
+      fns[guidance] = drawing.make_sample_fn(model, from_config.sampling(config, guidance), mesh, 0)
+    return drawing.generate(fns[guidance], params, config.sample.seed, context,
+                            config.sample.batch_size, mesh, 0, indices=indices)[0]
   return draw
 
 
@@ -60,30 +59,30 @@ def _tiles(images: np.ndarray, rows: int, factor: int) -> list[list[np.ndarray]]
 
 
 def _settings(config) -> str:
-  s = config.sample
-  return f'{s.sampler}, {s.steps} steps'
+  sample_cfg = config.sample
+  return f'{sample_cfg.sampler}, {sample_cfg.steps} steps'
 
 
 def classes_picture(draw, config, class_names) -> np.ndarray:
-  s = config.sample
-  context, _, _ = sample.contexts(class_names, s.per_class)
+  sample_cfg = config.sample
+  context, _, _ = drawing.contexts(class_names, sample_cfg.per_class)
   images = draw(context)
-  return canvas.labelled_grid(
-      _tiles(images, len(class_names), s.upscale), row_labels=class_names,
-      title=f'One row per class ({_settings(config)}, guidance {s.guidance:g})')
+  return canvas.labeled_grid(
+      _tiles(images, len(class_names), sample_cfg.upscale), row_labels=class_names,
+      title=f'One row per class ({_settings(config)}, guidance {sample_cfg.guidance:g})')
 
 
 def mix_picture(draw, config, class_names) -> np.ndarray:
   """Rows: starting noises; columns: context (1 - w) A + w B for w from 0 to 1."""
-  v = config.show
-  a, b = class_index(v.class_a, class_names, 0), class_index(v.class_b, class_names, 1)
-  weights = np.linspace(0.0, 1.0, v.mix_steps)
+  show = config.show
+  a, b = class_index(show.class_a, class_names, 0), class_index(show.class_b, class_names, 1)
+  weights = np.linspace(0.0, 1.0, show.mix_steps)
   onehot = np.eye(len(class_names), dtype=np.float32)
-  context = np.stack([(1 - w) * onehot[a] + w * onehot[b] for _ in range(v.mix_rows) for w in weights])
-  indices = np.repeat(np.arange(v.mix_rows), len(weights))  # one noise along each row
+  context = np.stack([(1 - w) * onehot[a] + w * onehot[b] for _ in range(show.mix_rows) for w in weights])
+  indices = np.repeat(np.arange(show.mix_rows), len(weights))  # one noise along each row
   images = draw(context, indices)
-  return canvas.labelled_grid(
-      _tiles(images, v.mix_rows, config.sample.upscale), col_labels=[f'w={w:.2f}' for w in weights],
+  return canvas.labeled_grid(
+      _tiles(images, show.mix_rows, config.sample.upscale), col_labels=[f'w={w:.2f}' for w in weights],
       title=f'{class_names[a]} -> {class_names[b]}\ncontext = (1 - w) {class_names[a]} + w {class_names[b]}',
       footer='each row starts from one noise: only the context changes along it')
 
@@ -94,7 +93,7 @@ def guidance_picture(draw, config, class_names) -> np.ndarray:
   k = len(class_names)
   per_scale = [draw(dataset.context(np.arange(k), k), np.arange(k), w) for w in scales]
   images = np.stack(per_scale, axis=1).reshape((-1,) + per_scale[0].shape[1:])
-  return canvas.labelled_grid(
+  return canvas.labeled_grid(
       _tiles(images, k, config.sample.upscale), row_labels=class_names,
       col_labels=[f'w={w:g}' for w in scales],
       title=f'Classifier-free guidance (1 + w) cond - w uncond ({_settings(config)})',
@@ -106,18 +105,25 @@ def run(config, workdir: str) -> list[str]:
   from_config.validate(config)
   parse_scales(config.show.guidance_scales)
   out = os.path.join(workdir, 'show')
-  main = jax.process_index() == 0
-  written = list(forward_process.write(config, dataset.load(config.data), out)) if main else []
+  main = files.is_writer()
+  written = []
+  if main:
+    images = forward_process.pick_sprites(dataset.load(config.data), config.show.sprites)
+    written += forward_process.write(
+        images, out, logsnr_fn=from_config.logsnr_fn(config.diffusion),
+        schedule=config.diffusion.schedule, seed=config.seed, factor=config.sample.upscale,
+        frames=config.show.forward_frames)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
     return written
-  class_names = sample.dataset_classes(config, workdir)
+  class_names = dataset.recorded_class_names(config.data, workdir)
   if len(class_names) < 2:
     raise ValueError('show needs a dataset with at least two classes for its context pictures.')
   for spec, default in ((config.show.class_a, 0), (config.show.class_b, 1)):
     class_index(spec, class_names, default)  # a typo fails before any sampling
   mesh = parallel.make_mesh()
-  _, params = sample.restore_params(config, workdir, len(class_names), mesh)
+  _, params = drawing.restore_params(workdir, mesh, config.sample.use_ema,
+                                     **from_config.state_kwargs(config, len(class_names)))
   draw = _drawer(config, mesh, params, len(class_names))
   for name, make in (('classes', classes_picture), ('mix', mix_picture),
                      ('guidance', guidance_picture)):

@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import evaluate, sample, train
-from experiments.runtime import checkpoints
+from experiments.runtime import checkpoints, files
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
                                           lock_config=True)
@@ -103,9 +103,7 @@ def main(argv):
       logging.info('Sweep run %s in %s', overrides, workdir)
       run_one(config, workdir)
     rows.append(row(overrides, config, workdir))
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump(rows, f, indent=2)
+  files.write_json(os.path.join(folder, 'results.json'), rows)
   table = markdown(rows)
   with open(os.path.join(folder, 'results.md'), 'w', encoding='utf-8') as f:
     f.write(table + '\n')

@@ -15,7 +15,6 @@ from conftest import tiny_config
 from diffusion import denoiser, gaussian, losses, samplers, schedules
 from experiments import from_config
 from experiments.data import dataset
-from experiments.runtime import state as state_lib
 
 STEPS = 3
 
@@ -67,7 +66,7 @@ def test_every_schedule_target_and_sampler_runs_without_nan(data_dir):
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.arange(k))
   failures = []
   for name, config in _configs(data_dir):
-    tx = state_lib.optimizer(config.train)
+    tx = from_config.optimizer(config.train)
     loss, params = _train_step(init, tx, tx.init(init), apply, batch, config, jax.random.key(1))
     if not np.isfinite(loss):
       failures.append(f'{name}: training loss {loss}')

@@ -6,7 +6,7 @@ import pytest
 
 from configs import base
 from experiments.data import dataset
-from experiments.data.sources import catalogue, course
+from experiments.data.sources import catalog, course
 from experiments.data.sources.images import Sprite
 
 
@@ -84,13 +84,13 @@ def _sprite(value, group, label=0):
 
 
 def test_exact_duplicates_are_dropped():
-  kept, dropped = catalogue.deduplicate([_sprite(1, 'a'), _sprite(2, 'b'), _sprite(1, 'c')])
+  kept, dropped = catalog.deduplicate([_sprite(1, 'a'), _sprite(2, 'b'), _sprite(1, 'c')])
   assert [s.group for s in kept] == ['a', 'b'] and dropped == 1
 
 
 def test_split_is_by_group_and_deterministic():
   sprites = [_sprite(i % 250, f'g{i // 3}') for i in range(600)]
-  first, second = catalogue.split(sprites, 0.2), catalogue.split(sprites, 0.2)
+  first, second = catalog.split(sprites, 0.2), catalog.split(sprites, 0.2)
   assert first == second
   train_groups = {s.group for s in first['train']}
   test_groups = {s.group for s in first['test']}

@@ -15,21 +15,21 @@ from conftest import SHARED_DATA, tiny_config
 from configs import base
 from experiments import train
 from experiments.data import dataset, tfds_builder
-from experiments.data.sources import catalogue, dawnlike, folder
+from experiments.data.sources import catalog, dawnlike, folder
 from experiments.data.sources.images import Sprite, composite_on_white as _on_white
 
 DAWNLIKE = os.path.join(SHARED_DATA, 'dawnlike-1.81')
 REFERENCE = os.path.join(SHARED_DATA, 'dawnlike16')
 
 
-def _rgba_sprite(rng, size=16, colours=4) -> np.ndarray:
-  """A random opaque blob with `colours` colours on a transparent square."""
+def _rgba_sprite(rng, size=16, colors=4) -> np.ndarray:
+  """A random opaque blob with `colors` colors on a transparent square."""
   out = np.zeros((size, size, 4), np.uint8)
   inner = slice(size // 4, size - size // 4)
   mask = rng.random((size // 2, size // 2)) < 0.7
-  palette = rng.integers(0, 220, (colours, 3), dtype=np.uint8)
+  palette = rng.integers(0, 220, (colors, 3), dtype=np.uint8)
   block = np.zeros((size // 2, size // 2, 4), np.uint8)
-  block[mask, :3] = palette[rng.integers(0, colours, mask.sum())]
+  block[mask, :3] = palette[rng.integers(0, colors, mask.sum())]
   block[mask, 3] = 255
   out[inner, inner] = block
   return out
@@ -57,20 +57,20 @@ def _assert_leak_free(train_set, test_set):
   assert not set(train_set.groups) & set(test_set.groups), 'a group crosses the split'
   images = np.concatenate([train_set.images, test_set.images])
   assert len({x.tobytes() for x in images}) == len(images), 'exact duplicates left'
-  structure = lambda split: {catalogue.structure_key(x) for x in split.images}
-  assert not structure(train_set) & structure(test_set), 'a recoloured/flipped copy crosses'
+  structure = lambda split: {catalog.structure_key(x) for x in split.images}
+  assert not structure(train_set) & structure(test_set), 'a recolored/flipped copy crosses'
 
 
 # Grouping and splitting on generated sprites.
 
 def _variants(base_rgb: np.ndarray, rng, n: int) -> list[np.ndarray]:
-  """What an augmentation makes of one sprite: shifted, flipped, recoloured one-to-one, combined."""
+  """What an augmentation makes of one sprite: shifted, flipped, recolored one-to-one, combined."""
   out = []
   for k in range(n):
     v = np.roll(base_rgb, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
     v = v[:, ::-1] if k % 2 else v
     v = v[::-1] if k % 3 == 0 else v
-    if k % 4:  # a new colour for each old one, white background kept
+    if k % 4:  # a new color for each old one, white background kept
       packed = {c: tuple(rng.integers(0, 220, 3)) for c in map(tuple, v.reshape(-1, 3))}
       v = np.asarray([[(255, 255, 255) if tuple(p) == (255, 255, 255) else packed[tuple(p)]
                        for p in row] for row in v], np.uint8)
@@ -85,13 +85,13 @@ def test_augmented_copies_join_their_base_and_distinct_sprites_stay_apart():
     base_rgb = _on_white(_rgba_sprite(rng))
     for k, image in enumerate([base_rgb] + _variants(base_rgb, rng, 11)):
       sprites.append(Sprite(image=image, label=b % 3, group=f'{b * 12 + k:04d}', origin=f'base {b}'))
-  names = catalogue.group_names(sprites)
+  names = catalog.group_names(sprites)
   by_base = collections.defaultdict(set)
   for sprite, name in zip(sprites, names):
     by_base[sprite.origin].add(name)
   assert all(len(v) == 1 for v in by_base.values()), 'a copy was not grouped with its base'
   assert len(set(names)) == 30, 'distinct sprites were joined'
-  built = catalogue.prepare(sprites, 0.2)
+  built = catalog.prepare(sprites, 0.2)
   train_groups = {s.group for s in built.splits['train']}
   assert train_groups and not train_groups & {s.group for s in built.splits['test']}
 
@@ -104,13 +104,13 @@ def test_near_identical_sprites_join_and_duplicates_go():
   other = _on_white(_rgba_sprite(rng))
   sprites = [Sprite(a, 0, 'a', ''), Sprite(edited, 0, 'b', ''), Sprite(other, 0, 'c', ''),
              Sprite(a.copy(), 1, 'd', '')]
-  assert catalogue.group_names(sprites) == ['a', 'a', 'c', 'a']
-  built = catalogue.prepare(sprites, 0.5)
+  assert catalog.group_names(sprites) == ['a', 'a', 'c', 'a']
+  built = catalog.prepare(sprites, 0.5)
   assert built.duplicates_removed == 1 and built.num_groups == 2
 
 
 def test_a_retouched_mirror_image_joins_the_original():
-  """A flipped copy with a pixel changed: not a shift/flip/recolour (many colours), nor near
+  """A flipped copy with a pixel changed: not a shift/flip/recolor (many colors), nor near
   unflipped; found because near-identical pairs are also sought across a mirror."""
   rng = np.random.default_rng(3)
   a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)  # no small palette: structure keys miss it
@@ -118,7 +118,7 @@ def test_a_retouched_mirror_image_joins_the_original():
   mirror[3, 4] = 255 - mirror[3, 4]
   other = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
   sprites = [Sprite(a, 0, 'a', ''), Sprite(mirror, 0, 'b', ''), Sprite(other, 0, 'c', '')]
-  assert catalogue.group_names(sprites) == ['a', 'a', 'c']
+  assert catalog.group_names(sprites) == ['a', 'a', 'c']
 
 
 def test_near_pairs_equal_brute_force():
@@ -131,18 +131,18 @@ def test_near_pairs_equal_brute_force():
   images[150:] = np.clip(images[150:].astype(int) + noise * changed, 0, 255)
   x = images.astype(np.int16)
   mad = np.abs(x[:, None] - x[None]).mean(axis=(2, 3, 4))
-  want = {(i, j) for i, j in zip(*np.nonzero(mad <= catalogue.NEAR_MAD)) if i < j}
-  got = {tuple(sorted(p)) for p in catalogue.near_pairs(images).tolist()}
+  want = {(i, j) for i, j in zip(*np.nonzero(mad <= catalog.NEAR_MAD)) if i < j}
+  got = {tuple(sorted(p)) for p in catalog.near_pairs(images).tolist()}
   assert got == want and len(want) > 50
 
 
 def test_split_keeps_both_sides_for_tiny_data_and_is_deterministic():
   sprites = [Sprite(np.full((2, 2, 3), i, np.uint8), 0, f'g{i}', '') for i in range(3)]
-  first = catalogue.split(sprites, 0.1)
-  assert first['train'] and first['test'] and first == catalogue.split(sprites, 0.1)
-  reordered = catalogue.split(sprites[::-1], 0.1)
+  first = catalog.split(sprites, 0.1)
+  assert first['train'] and first['test'] and first == catalog.split(sprites, 0.1)
+  reordered = catalog.split(sprites[::-1], 0.1)
   assert {s.group for s in reordered['test']} == {s.group for s in first['test']}
-  assert not catalogue.split(sprites, 0.0)['test']
+  assert not catalog.split(sprites, 0.0)['test']
 
 
 # DawnLike (the copy in ../shared, when present).

@@ -3,7 +3,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +10,7 @@ from PIL import Image
 from conftest import tiny_config
 from experiments import evaluate, train
 from experiments.data import dataset
-from experiments.quality import features
+from experiments.quality import features, floor as floor_lib
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
@@ -65,18 +64,18 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
 
 
 def _features(rng, n, shift=0.0):
-  centres = rng.normal(size=(6, 8)) * 3
-  return (centres[rng.integers(0, 6, n)] + rng.normal(size=(n, 8)) + shift).astype(np.float32)
+  centers = rng.normal(size=(6, 8)) * 3
+  return (centers[rng.integers(0, 6, n)] + rng.normal(size=(n, 8)) + shift).astype(np.float32)
 
 
 def test_the_floor_is_positive_and_small_and_real_samples_score_like_it():
   rng = np.random.default_rng(0)
   ref, groups = _features(rng, 400), np.arange(400) // 2  # groups of two variants
-  cfg = ml_collections.ConfigDict({'seed': 0, 'repeats': 4, 'knn': 3, 'batch_size': 128})
-  rng = np.random.default_rng(0)  # the same mixture centres, fresh points
-  like_real = evaluate.distribution_metrics(_features(rng, 800), ref, groups, cfg)
+  cfg = {'seed': 0, 'repeats': 4, 'knn': 3, 'block': 128}
+  rng = np.random.default_rng(0)  # the same mixture centers, fresh points
+  like_real = floor_lib.distribution_metrics(_features(rng, 800), ref, groups, **cfg)
   shifted = _features(np.random.default_rng(0), 800, shift=2.0)
-  off = evaluate.distribution_metrics(shifted, ref, groups, cfg)
+  off = floor_lib.distribution_metrics(shifted, ref, groups, **cfg)
   assert like_real['set_size'] == 200
   floor = like_real['fid']['floor']
   assert 0 < floor < 0.1 * off['fid']['samples']
@@ -87,7 +86,7 @@ def test_the_floor_is_positive_and_small_and_real_samples_score_like_it():
 
 def test_group_halves_keep_groups_together_and_cover_the_split():
   groups = np.repeat(np.arange(50), 3)
-  a, b = evaluate.group_halves(groups, seed=1)
+  a, b = floor_lib.group_halves(groups, seed=1)
   assert not set(groups[a]) & set(groups[b])
   assert sorted(np.concatenate([a, b])) == list(range(150)) and abs(len(a) - len(b)) <= 3
 
@@ -107,8 +106,9 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   config.data.data_dir = str(tmp_path)  # a fresh cache folder, the same dataset name
   test = dataset.load(config.data, 'test')
-  first = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
-  again = features.load_or_train(config.data, 'sprites_x', real, test, steps=3, seed=0)
+  folder = features.cache_dir(config.data.data_dir, 'sprites_x', 3, 0)
+  first = features.load_or_train(folder, real, test, dataset_name='sprites_x', steps=3, seed=0)
+  again = features.load_or_train(folder, real, test, dataset_name='sprites_x', steps=3, seed=0)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
   f1, f2 = features.embed(first, test.images[:10])[0], features.embed(again, test.images[:10])[0]
   np.testing.assert_array_equal(f1, f2)
@@ -139,14 +139,17 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   """Heusel et al.'s sanity check: more damage, larger distance to real sprites."""
   config = _eval_config(data_dir)
   real, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
-  net = features.load_or_train(config.data, 'emoji_quick', real, test, steps=20, seed=0)
+  net = features.load_or_train(features.cache_dir(config.data.data_dir, 'emoji_quick', 20, 0),
+                               real, test, dataset_name='emoji_quick', steps=20, seed=0)
   ref_f = features.embed(net, test.images)[0]
   clean = dataset.to_model(real.images[:300])
   rng = np.random.default_rng(0)
   fids = []
   for sigma in (0.0, 0.1, 0.3):
     noisy = dataset.to_uint8(clean + sigma * rng.normal(size=clean.shape))
-    report = evaluate.distribution_metrics(features.embed(net, noisy)[0], ref_f, test.groups,
-                                           config.eval)
+    e = config.eval
+    report = floor_lib.distribution_metrics(features.embed(net, noisy)[0], ref_f, test.groups,
+                                            knn=e.knn, repeats=e.repeats, seed=e.seed,
+                                            block=e.batch_size)
     fids.append(report['fid']['samples'])
   assert fids[0] < fids[1] < fids[2] and fids[2] > 2 * report['fid']['floor']

@@ -104,7 +104,7 @@ def test_nearest_l2_matches_brute_force():
 
 
 def _sprites(rng, n):
-  """Blocky random sprites (4x4 colour cells), so that they are far apart from each other."""
+  """Blocky random sprites (4x4 color cells), so that they are far apart from each other."""
   cells = rng.integers(0, 256, size=(n, 4, 4, 3), dtype=np.uint8)
   return np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2)
 

@@ -13,7 +13,7 @@ from configs import sprites
 from diffusion import schedules
 from experiments import from_config, sample, show, train
 from experiments.pictures import forward_process, sprite_sheet
-from experiments.runtime import parallel
+from experiments.runtime import drawing, parallel
 
 WHITE, INK = (255, 255, 255), (20, 20, 20)
 
@@ -55,7 +55,7 @@ def test_palette_reduction_leaves_at_most_k_colours():
     assert len(np.unique(reduced[opaque][:, :3], axis=0)) <= k
     np.testing.assert_array_equal(reduced[..., 3], rgba[..., 3])
   few = sprite_sheet.to_rgba(np.stack([_ringed_sprite()] * 2))
-  np.testing.assert_array_equal(sprite_sheet.reduce_palette(few, 8), few)  # 2 colours already: kept
+  np.testing.assert_array_equal(sprite_sheet.reduce_palette(few, 8), few)  # 2 colors already: kept
 
 
 def test_sheet_atlas_matches_the_sheet(tmp_path):
@@ -76,7 +76,7 @@ def test_sheet_atlas_matches_the_sheet(tmp_path):
     covered[y:y + h, x:x + w] += 1
     cut = sheet[y:y + h, x:x + w]
     assert np.all(cut[..., 3] == 255)  # no white in these sprites: every pixel opaque
-    assert np.abs(cut[::3, ::3, :3].astype(int) - sprite).mean() < 40  # the sprite, in 6 colours
+    assert np.abs(cut[::3, ::3, :3].astype(int) - sprite).mean() < 40  # the sprite, in 6 colors
   assert covered.max() == 1 and np.all(sheet[covered == 0, 3] == 0)  # no overlap; gaps transparent
 
 
@@ -176,7 +176,7 @@ def test_show_writes_every_picture(trained):
 def test_repeated_indices_share_the_noise_and_only_the_context_changes(trained):
   config, workdir = trained
   mesh = parallel.make_mesh()
-  _, params = sample.restore_params(config, workdir, 8, mesh)
+  _, params = drawing.restore_params(workdir, mesh, True, **from_config.state_kwargs(config, 8))
   draw = show._drawer(config, mesh, params, 8)  # pylint: disable=protected-access
   ctx = np.eye(8, dtype=np.float32)[[0, 0, 0, 7]]
   images = draw(ctx, indices=np.array([5, 5, 6, 5]))

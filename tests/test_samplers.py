@@ -131,8 +131,11 @@ def test_movie_frames_start_from_noise_and_end_near_the_result():
   grid = samplers.time_grid(logsnr_fn, 10)
   fn = jax.jit(lambda keys: samplers.sample(denoise=gaussian_denoiser(), grid=grid,
                                             keys=keys, shape=(2, 2, 1), sampler='ddim', frames=4))
-  x, (xs, x0s) = fn(_keys(6))
+  x, movie = fn(_keys(6))
+  xs, x0s = movie.x_t, movie.x0
   assert xs.shape == x0s.shape == (4, 6, 2, 2, 1)
+  np.testing.assert_array_equal(np.asarray(movie.step), [0, 3, 6, 9])  # 4 of 10, spread evenly
+  np.testing.assert_allclose(np.asarray(movie.t), np.asarray(grid[0])[[0, 3, 6, 9]])
   np.testing.assert_allclose(np.asarray(xs[0]),
                              np.asarray(samplers.initial_noise(_keys(6), (2, 2, 1))), atol=1e-6)
   np.testing.assert_allclose(np.asarray(x0s[-1]), np.asarray(x), atol=0.05)

@@ -15,12 +15,8 @@ from experiments.runtime import checkpoints, parallel, state as state_lib, train
 
 
 def _final_state(config, workdir):
-  mesh = parallel.make_mesh()
-  model = from_config.model(config.model, 8)
-  abstract = jax.eval_shape(lambda: state_lib.init(model, state_lib.optimizer(config.train),
-                                                   jax.random.key(0), 16, 8))
-  return checkpoints.restore_latest(checkpoints.manager(workdir, 5), jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), abstract))
+  return state_lib.create_or_restore(mesh=parallel.make_mesh(), mngr=checkpoints.manager(workdir, 5),
+                                     must_exist=True, **from_config.state_kwargs(config, 8))
 
 
 def test_tiny_run_writes_every_output(tmp_path, data_dir):
@@ -97,12 +93,11 @@ def test_train_step_on_8_devices_matches_1_device(data_dir):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    step = train_step.make(model=model, tx=tx, logsnr_fn=from_config.logsnr_fn(config.diffusion),
-                           loss_kwargs=from_config.loss_kwargs(config.diffusion), timesteps=500,
-                           batch_size=16, num_classes=8, cond_drop_rate=0.1,
-                           ema_halflife_kimg=1.0, ema_rampup=0.05, steps_per_dispatch=2, mesh=mesh)
-    state = jax.jit(lambda: state_lib.init(model, tx, jax.random.key(0), 16, 8),
-                    out_shardings=parallel.replicated(mesh))()
+    kwargs = from_config.train_step_kwargs(config, 8, 'cpu')
+    kwargs.update(timesteps=500, batch_size=16, cond_drop_rate=0.1, ema_halflife_kimg=1.0,
+                  ema_rampup=0.05, steps_per_dispatch=2)
+    step = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
+    state = state_lib.create(model=model, tx=tx, seed=0, image_size=16, num_classes=8, mesh=mesh)
     data = parallel.put_replicated((images, labels), mesh)
     for _ in range(2):
       state, metrics = step(state, *data, jax.random.key(1))

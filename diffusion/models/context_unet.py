@@ -6,7 +6,7 @@ where the context embedding multiplies and the time embedding is added
 1,481,027 parameters. Two deliberate differences from the course:
 
 * The first residual block's 1x1 shortcut conv is a learned layer. The course builds a
-  fresh, randomly initialised conv on every call, so that shortcut never trains.
+  fresh, randomly initialized conv on every call, so that shortcut never trains.
 * GroupNorm(8) replaces BatchNorm (same parameter count). Batch statistics make a
   sprite depend on its batch-mates, need running averages and mutable state, and differ
   between training (mixed noise levels) and sampling (one noise level per batch).

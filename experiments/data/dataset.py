@@ -1,5 +1,6 @@
 """Loading sprites: build the TFDS dataset once, then hold a whole split in memory."""
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -64,3 +65,15 @@ def context(labels: np.ndarray, num_classes: int) -> np.ndarray:
   valid = labels >= 0
   out[np.flatnonzero(valid), labels[valid]] = 1.0
   return out
+
+
+def recorded_class_names(data_cfg, workdir: str) -> tuple[str, ...]:
+  """The class names training recorded in <workdir>/data.json, or the prepared dataset's."""
+  path = os.path.join(workdir, 'data.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return tuple(json.load(f)['class_names'])
+  b = builder(data_cfg)
+  if not b.is_prepared():
+    b.download_and_prepare()
+  return tuple(b.info.metadata['class_names'])

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from experiments.data.sources import catalogue, course, dawnlike, emoji, folder
+from diffusion import registry
+from experiments.data.sources import catalog, course, dawnlike, emoji, folder
 from experiments.pictures import canvas
 
 
@@ -82,8 +83,7 @@ def _check_manual_dir(source: str, manual_dir: str, tile_size: int) -> None:
 
 def make_config(*, source: str, manual_dir: str = '', image_size: int = 16, tile_size: int = 0,
                 test_fraction: float = 0.1) -> SpritesConfig:
-  if source not in SOURCES:
-    raise ValueError(f'Unknown data.source {source!r}; valid: {", ".join(sorted(SOURCES))}.')
+  registry.check(source, sorted(SOURCES), 'data.source')
   if image_size < 1 or tile_size < 0 or not 0 <= test_fraction < 1:
     raise ValueError(f'data.image_size={image_size} must be >= 1, data.tile_size={tile_size} >= 0 '
                      f'and data.test_fraction={test_fraction} in [0, 1).')
@@ -134,21 +134,21 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     cfg = self.builder_config
     names = _class_names(cfg)
-    built = catalogue.prepare(SOURCES[cfg.source][1](cfg), cfg.test_fraction)
+    built = catalog.prepare(SOURCES[cfg.source][1](cfg), cfg.test_fraction)
     splits = {name: part for name, part in built.splits.items() if part}
     if not splits:
       raise ValueError(f'data.source={cfg.source}: no usable sprites found in {cfg.manual_dir}.')
     if 'test' not in splits and cfg.test_fraction > 0:
       logging.warning('data.source=%s: all %d sprites form one group of variants, so there is no '
                       '`test` split.', cfg.source, len(splits['train']))
-    counts = catalogue.counts(splits, names)
+    counts = catalog.counts(splits, names)
     self.info.metadata.update(
         class_names=names, counts=counts, duplicates_removed=built.duplicates_removed,
         num_groups=built.num_groups, license=LICENSES.get(cfg.source, ''))
     canvas.save_png(os.path.join(self.data_dir, PREVIEW), preview(splits, names), 4)
     self._summary = (f'Built {self.name}/{cfg.name}: {sum(map(len, splits.values())):,} sprites in '
                      f'{built.num_groups:,} groups of variants, {built.duplicates_removed:,} exact '
-                     f'duplicates removed.\n{catalogue.summary(counts, names)}')
+                     f'duplicates removed.\n{catalog.summary(counts, names)}')
     groups = {name: i for i, name in enumerate(sorted({s.group for p in splits.values() for s in p}))}
     return {name: self._generate_examples(part, groups) for name, part in splits.items()}
 

@@ -1,7 +1,7 @@
-"""PNG grids and GIFs of sprites, upscaled with nearest neighbour so pixels stay square.
+"""PNG grids and GIFs of sprites, upscaled with nearest neighbor so pixels stay square.
 
 Labels use PIL's built-in bitmap font (nothing to download), drawn at 1x and upscaled by
-`TEXT_SCALE` with nearest neighbour, on a canvas whose sprites are already upscaled: the
+`TEXT_SCALE` with nearest neighbor, on a canvas whose sprites are already upscaled: the
 text stays crisp and readable however small the sprites are.
 """
 import os
@@ -30,7 +30,7 @@ def grid(images: np.ndarray, rows: int, pad: int = 1, background: int = 255) -> 
 
 
 def text(lines: str, scale: int = TEXT_SCALE) -> np.ndarray:
-  """Dark text on white as uint8 [H, W, 3]; '\\n' separates centred lines."""
+  """Dark text on white as uint8 [H, W, 3]; '\\n' separates centered lines."""
   font = ImageFont.load_default_imagefont()
   rows = lines.split('\n')
   widths = [int(font.getbbox(row)[2]) if row else 0 for row in rows]
@@ -43,7 +43,7 @@ def text(lines: str, scale: int = TEXT_SCALE) -> np.ndarray:
 
 
 def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int, width: int) -> None:
-  """Paste `image` with its top edge at y, centred on the `width` pixels starting at x.
+  """Paste `image` with its top edge at y, centered on the `width` pixels starting at x.
 
   An image wider than that overhangs both sides, clipped only at the canvas's edges.
   """
@@ -54,7 +54,7 @@ def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int, width: int) ->
 
 
 def _stack(parts: Sequence[np.ndarray], gap: int) -> np.ndarray:
-  """Centre images above each other, `gap` white pixels apart."""
+  """Center images above each other, `gap` white pixels apart."""
   parts = [p for p in parts if p is not None and p.size]
   width = max(p.shape[1] for p in parts)
   out = np.full((sum(p.shape[0] for p in parts) + gap * (len(parts) - 1), width, 3), 255, np.uint8)
@@ -65,13 +65,13 @@ def _stack(parts: Sequence[np.ndarray], gap: int) -> np.ndarray:
   return out
 
 
-def labelled_grid(tiles: Sequence[Sequence[np.ndarray]], *, col_labels: Sequence[str] = (),
+def labeled_grid(tiles: Sequence[Sequence[np.ndarray]], *, col_labels: Sequence[str] = (),
                   row_labels: Sequence[str] = (), spans: Sequence[tuple[int, int, str]] = (),
                   title: str = '', footer: str = '', gap: int = 6) -> np.ndarray:
   """A table of equally sized (already upscaled) uint8 tiles with labels around it.
 
   col_labels go above each column, row_labels left of each row, and spans (first, stop, text)
-  are headings centred over columns first..stop-1 (e.g. a word naming a range of noise levels).
+  are headings centered over columns first..stop-1 (e.g. a word naming a range of noise levels).
   """
   h, w = tiles[0][0].shape[:2]
   cols = [text(s) for s in col_labels]

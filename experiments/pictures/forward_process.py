@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import gaussian
-from experiments import from_config
 from experiments.data import dataset
 from experiments.pictures import canvas
 
@@ -95,9 +94,8 @@ def _tile(x: np.ndarray, factor: int) -> np.ndarray:
   return canvas.upscale(dataset.to_uint8(x), factor)
 
 
-def strip(images: np.ndarray, diffusion_cfg, seed: int, factor: int) -> np.ndarray:
-  """The ink-drop picture: one row per sprite, one column per noise level, labelled."""
-  logsnr_fn = from_config.logsnr_fn(diffusion_cfg)
+def strip(images: np.ndarray, logsnr_fn, schedule: str, seed: int, factor: int) -> np.ndarray:
+  """The ink-drop picture: one row per sprite, one column per noise level, labeled."""
   times = times_at(logsnr_fn, STRIP_LOGSNR)
   logsnr = np.asarray(logsnr_fn(jnp.asarray(times, jnp.float32)), np.float64)
   x_t = noisy(dataset.to_model(images), logsnr, seed)
@@ -105,16 +103,15 @@ def strip(images: np.ndarray, diffusion_cfg, seed: int, factor: int) -> np.ndarr
   spans = [(k, _run_end(words, k), w) for k, w in enumerate(words) if k == 0 or words[k - 1] != w]
   tiles = [[_tile(x_t[j, i], factor) for j in range(len(times))] for i in range(len(images))]
   labels = [f't={t:.2f}\nSNR={snr_text(l)}' for t, l in zip(times, logsnr)]
-  return canvas.labelled_grid(
+  return canvas.labeled_grid(
       tiles, col_labels=labels, spans=spans, footer=terminal_note(logsnr[-1]),
-      title=f'Forward process q(x_t | x_0), {diffusion_cfg.schedule} schedule')
+      title=f'Forward process q(x_t | x_0), {schedule} schedule')
 
 
-def gif_frames(images: np.ndarray, diffusion_cfg, seed: int, factor: int, count: int):
+def gif_frames(images: np.ndarray, logsnr_fn, schedule: str, seed: int, factor: int, count: int):
   """`count` frames of the sprites drifting from t = 0 to t = 1, evenly spaced in logSNR."""
   if count < 2:
     raise ValueError(f'show.forward_frames={count}: need at least 2 (t = 0 and t = 1).')
-  logsnr_fn = from_config.logsnr_fn(diffusion_cfg)
   end = float(logsnr_fn(jnp.float32(1.0)))
   # count - 2 levels from logSNR 6 down to, not including, the end (or -6: all noise beyond).
   levels = np.linspace(6.0, max(end, -6.0), count - 1)[:-1]
@@ -124,19 +121,18 @@ def gif_frames(images: np.ndarray, diffusion_cfg, seed: int, factor: int, count:
   frames = []
   for j, (t, l) in enumerate(zip(times, logsnr)):
     # The note on every frame keeps the frames one width, so the sprites do not jump.
-    frames.append(canvas.labelled_grid(
-        [[_tile(x, factor) for x in x_t[j]]], title=f'{diffusion_cfg.schedule} schedule',
+    frames.append(canvas.labeled_grid(
+        [[_tile(x, factor) for x in x_t[j]]], title=f'{schedule} schedule',
         footer=f't={t:.2f}  SNR={snr_text(l)}\n{band(l)}\n\n{terminal_note(logsnr[-1])}'))
   return frames
 
 
-def write(config, data: dataset.SpriteData, out_dir: str) -> tuple[str, str]:
-  """<out_dir>/forward.png (the strip) and forward.gif; returns their paths."""
-  images = pick_sprites(data, config.show.sprites)
-  factor = config.sample.upscale
+def write(images: np.ndarray, out_dir: str, *, logsnr_fn, schedule: str, seed: int, factor: int,
+          frames: int) -> tuple[str, str]:
+  """<out_dir>/forward.png (the strip) and forward.gif of `images`; returns their paths."""
   png, gif = os.path.join(out_dir, 'forward.png'), os.path.join(out_dir, 'forward.gif')
-  canvas.save_png(png, strip(images, config.diffusion, config.seed, factor))
+  canvas.save_png(png, strip(images, logsnr_fn, schedule, seed, factor))
   # The GIF shows a single row, so it can afford bigger pixels than the strip.
-  canvas.save_gif(gif, gif_frames(images, config.diffusion, config.seed, factor + 2,
-                                    config.show.forward_frames), ms_per_frame=150)
+  canvas.save_gif(gif, gif_frames(images, logsnr_fn, schedule, seed, factor + 2, frames),
+                  ms_per_frame=150)
   return png, gif

@@ -1,4 +1,4 @@
-"""Game-ready sprite sheets: transparent background, optional k-colour palette, JSON atlas.
+"""Game-ready sprite sheets: transparent background, optional k-color palette, JSON atlas.
 
 Pure numpy image math; only `write_sheet` touches the disk. Sprites are drawn on white, so the
 background is keyed out as the white-ish pixels connected to the border (a flood fill): white
@@ -43,13 +43,13 @@ def to_rgba(images: np.ndarray, tolerance: int = 24) -> np.ndarray:
 
 
 def median_cut(pixels: np.ndarray, k: int) -> np.ndarray:
-  """<= k colours (float [k, 3]): split the box of widest channel range at its median, k - 1 times."""
+  """<= k colors (float [k, 3]): split the box of widest channel range at its median, k - 1 times."""
   boxes = [pixels.astype(np.float64)]
   while len(boxes) < k:
     ranges = [np.ptp(b, axis=0).max() if len(b) > 1 else -1.0 for b in boxes]
     widest = int(np.argmax(ranges))
     if ranges[widest] <= 0:
-      break  # every box holds one colour: fewer than k colours exist
+      break  # every box holds one color: fewer than k colors exist
     box = boxes.pop(widest)
     box = box[np.argsort(box[:, np.argmax(np.ptp(box, axis=0))], kind='stable')]
     boxes += [box[:len(box) // 2], box[len(box) // 2:]]
@@ -61,24 +61,24 @@ def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def palette(pixels: np.ndarray, k: int, iterations: int = 10) -> np.ndarray:
-  """k-means colours (uint8 [<= k, 3]) of pixels [M, 3], started from median cut: deterministic."""
+  """k-means colors (uint8 [<= k, 3]) of pixels [M, 3], started from median cut: deterministic."""
   pixels = pixels.astype(np.float64)
-  centres = median_cut(pixels, k)
+  centers = median_cut(pixels, k)
   for _ in range(iterations):
-    nearest = _nearest(pixels, centres)
-    centres = np.stack([pixels[nearest == j].mean(0) if np.any(nearest == j) else c
-                        for j, c in enumerate(centres)])
-  return np.unique(np.clip(np.round(centres), 0, 255).astype(np.uint8), axis=0)
+    nearest = _nearest(pixels, centers)
+    centers = np.stack([pixels[nearest == j].mean(0) if np.any(nearest == j) else c
+                        for j, c in enumerate(centers)])
+  return np.unique(np.clip(np.round(centers), 0, 255).astype(np.uint8), axis=0)
 
 
 def reduce_palette(rgba: np.ndarray, k: int) -> np.ndarray:
-  """Every opaque pixel of every sprite mapped to one shared palette of <= k colours."""
+  """Every opaque pixel of every sprite mapped to one shared palette of <= k colors."""
   opaque = rgba[..., 3] > 0
   if k <= 0 or not np.any(opaque):
     return rgba
-  colours = palette(rgba[opaque][:, :3], k)
+  colors = palette(rgba[opaque][:, :3], k)
   out = rgba.copy()
-  out[opaque, :3] = colours[_nearest(rgba[opaque][:, :3].astype(np.float64), colours.astype(np.float64))]
+  out[opaque, :3] = colors[_nearest(rgba[opaque][:, :3].astype(np.float64), colors.astype(np.float64))]
   return out
 
 

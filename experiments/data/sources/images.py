@@ -25,7 +25,7 @@ def to_rgba(image: Image.Image) -> np.ndarray:
 
 
 def crop_square_to_content(rgba: np.ndarray, margin: float = 1 / 16) -> np.ndarray:
-  """The square around the non-transparent pixels, centred, with `margin` of its side added per edge."""
+  """The square around the non-transparent pixels, centered, with `margin` of its side added per edge."""
   ys, xs = np.nonzero(rgba[..., 3] > 0)
   if len(ys) == 0:
     return rgba

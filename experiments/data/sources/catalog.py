@@ -4,7 +4,7 @@ Held-out sprites are only worth judging if no variant of them was trained on, so
 are first joined into groups (connected components) when any of these holds:
   * the source says so (the two animation frames of a DawnLike character, a GIF's frames);
   * their pixels are identical (so dropping a duplicate never hides a link between groups);
-  * they have the same structure up to a shift, a flip and a recolouring (the course's
+  * they have the same structure up to a shift, a flip and a recoloring (the course's
     augmented copies of one base sprite: see `structure_key`);
   * their pixels, or one's and the other's mirror image, are nearly equal: mean absolute
     difference <= NEAR_MAD (see `near_pairs`).
@@ -21,7 +21,7 @@ from scipy import sparse, spatial
 
 from experiments.data.sources.images import Sprite
 
-MIN_PIXELS_PER_COLOUR = 4  # below this, a sprite's colours carry its content: see `structure_key`
+MIN_PIXELS_PER_COLOUR = 4  # below this, a sprite's colors carry its content: see `structure_key`
 NEAR_MAD = 2.0  # on the 0..255 scale: a few changed pixels in a 16x16 sprite, never a different sprite
 
 
@@ -39,43 +39,43 @@ def deduplicate(sprites: Iterable[Sprite]) -> tuple[list[Sprite], int]:
 
 
 def _pack(image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] -> int32 [H, W], one number per colour."""
+  """uint8 [H, W, 3] -> int32 [H, W], one number per color."""
   rgb = image.astype(np.int32)
   return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
 def _relabel(packed: np.ndarray, background: int) -> bytes:
-  """Colours renamed by order of first appearance (row by row), background always 0: a recolouring's
-  fingerprint, since any one-to-one change of colours gives the same labels."""
+  """Colors renamed by order of first appearance (row by row), background always 0: a recoloring's
+  fingerprint, since any one-to-one change of colors gives the same labels."""
   flat = packed.ravel()
-  colours, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
-  rank = np.empty(len(colours), np.int64)
-  rank[np.argsort(first)] = np.arange(1, len(colours) + 1)
+  colors, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+  rank = np.empty(len(colors), np.int64)
+  rank[np.argsort(first)] = np.arange(1, len(colors) + 1)
   labels = rank[inverse.ravel()]
   labels[flat == background] = 0
   return np.asarray(packed.shape, np.uint16).tobytes() + labels.astype(np.uint16).tobytes()
 
 
 def structure_key(image: np.ndarray) -> bytes:
-  """The same for a sprite shifted on its background, flipped (either way) or recoloured one-to-one.
+  """The same for a sprite shifted on its background, flipped (either way) or recolored one-to-one.
 
-  The background is the commonest border colour (white, or grey after a brightness change); the
+  The background is the commonest border color (white, or gray after a brightness change); the
   sprite is cropped to what differs from it, and the smallest fingerprint of its four flips is kept.
-  Recolourings are only forgiven for a small palette (pixel art), where the shapes of the colour
-  areas, not the colours, are the drawing.
+  Recolorings are only forgiven for a small palette (pixel art), where the shapes of the color
+  areas, not the colors, are the drawing.
   """
   packed = _pack(image)
   border = np.concatenate([packed[0], packed[-1], packed[:, 0], packed[:, -1]])
-  colours, counts_ = np.unique(border, return_counts=True)
-  background = int(colours[np.argmax(counts_)])
+  colors, counts_ = np.unique(border, return_counts=True)
+  background = int(colors[np.argmax(counts_)])
   ys, xs = np.nonzero(packed != background)
   if len(ys) == 0:
     return b'blank'
   crop = packed[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
   flips = (crop, crop[:, ::-1], crop[::-1], crop[::-1, ::-1])
   if len(np.unique(crop)) * MIN_PIXELS_PER_COLOUR > len(ys):
-    # Not a small palette (a photo, or anti-aliased art): one-to-one recolouring would make any
-    # two images of all-different colours alike, so only shifts and flips are forgiven.
+    # Not a small palette (a photo, or anti-aliased art): one-to-one recoloring would make any
+    # two images of all-different colors alike, so only shifts and flips are forgiven.
     return b'rgb' + min(np.asarray(c.shape, np.uint16).tobytes() + c.tobytes() for c in flips)
   return min(_relabel(c, background) for c in flips)
 
@@ -176,18 +176,18 @@ def split(sprites: list[Sprite], test_fraction: float) -> dict[str, list[Sprite]
 
 
 @dataclasses.dataclass(frozen=True)
-class Catalogue:
+class Catalog:
   splits: dict[str, list[Sprite]]  # group = the joined group's name
   duplicates_removed: int
   num_groups: int
 
 
-def prepare(sprites: Iterable[Sprite], test_fraction: float) -> Catalogue:
+def prepare(sprites: Iterable[Sprite], test_fraction: float) -> Catalog:
   """Group, deduplicate and split a source's sprites."""
   sprites = list(sprites)
   grouped = [dataclasses.replace(s, group=g) for s, g in zip(sprites, group_names(sprites))]
   kept, dropped = deduplicate(grouped)
-  return Catalogue(splits=split(kept, test_fraction), duplicates_removed=dropped,
+  return Catalog(splits=split(kept, test_fraction), duplicates_removed=dropped,
                    num_groups=len({s.group for s in kept}))
 
 

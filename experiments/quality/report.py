@@ -1,0 +1,55 @@
+"""The one-screen summary printed after every evaluation, and the caveats it ends with."""
+from experiments.quality import floor
+
+
+def caveats(report: dict) -> list[str]:
+  out = []
+  h = report['set_size']
+  if not report['fid']['stable']:
+    out.append(f'FID from sets of {h} sprites (< {floor.STABLE_FID_SET} = 10 per feature dimension) is '
+               'dominated by small-sample bias: read its ratio to the floor, and KID.')
+  if report['reference']['split'] == 'train':
+    out.append('The reference is the training split, which the feature network was trained on and '
+               'a copying model reproduces: a ratio near 1 does not rule out memorization.')
+  return out
+
+
+def _pct(x) -> str:
+  return '   n/a' if x is None else f'{100 * x:5.1f}%'
+
+
+def summary(r: dict) -> str:
+  """The one-screen report printed after every evaluation."""
+  net, mem = r['feature_net'], r['memorization']
+  lines = [f"eval of {r['samples']['name']} (step {r['step']}): {r['samples']['count']} samples vs "
+           f"the {r['reference']['split']} split ({r['reference']['count']} sprites); sets of "
+           f"{r['set_size']}, {r['repeats']} repeat(s)",
+           f"feature net v{net['version']} ({net['task']}, {net['steps']} steps): held-out "
+           f"accuracy {_pct(net['test_accuracy'])}, train {_pct(net['train_accuracy'])}",
+           f"{'':22}{'samples':>18}{'floor (real/real)':>20}{'ratio':>8}"]
+  for name in ('fid', 'kid', 'precision', 'recall'):
+    m = r[name]
+    ratio = '' if m['ratio'] is None else f"{m['ratio']:8.2f}"
+    lines.append(f"{name.upper() if len(name) == 3 else name:22}"
+                 f"{m['samples']:10.4f} ± {m['samples_std']:<6.4f}"
+                 f"{m['floor']:12.4f} ± {m['floor_std']:<6.4f}{ratio}")
+  acc = r['conditional_accuracy']
+  lines.append(f"{'conditional accuracy':22}{_pct(acc['samples']):>10}{'':8}"
+               f"{_pct(acc['real_heldout']):>12}  (real held-out sprites)")
+  s, h = mem['samples'], mem['real_heldout']
+  lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
+            f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"
+            f"{_pct(h['exact_copy_rate']):>16}",
+            f"{'  near copies (pixel dist <= %g)' % mem['near_copy_threshold']:42}"
+            f"{_pct(s['near_copy_rate']):>14}{_pct(h['near_copy_rate']):>16}"]
+  for space in ('pixel', 'feature'):
+    a, b = s[f'{space}_distance'], h[f'{space}_distance']
+    lines.append(f"{'  %s distance p5 / p50' % space:42}{a['p5']:7.2f} /{a['p50']:6.2f}"
+                 f"{b['p5']:9.2f} /{b['p50']:6.2f}")
+  lines.append(f"  closer than 95% of held-out sprites: pixel "
+               f"{_pct(mem['pixel_closer_than_heldout_p5'])}, feature "
+               f"{_pct(mem['feature_closer_than_heldout_p5'])} (5% = as new as real)")
+  sec = r['seconds']
+  lines.append(f"cost {sec['total']:.1f} s: data {sec['data']:.1f}, sampling {sec['sampling']:.1f}, "
+               f"feature net {sec['feature_net']:.1f}, metrics {sec['metrics']:.1f}")
+  return '\n'.join(lines + [f'warning: {w}' for w in r['warnings']])

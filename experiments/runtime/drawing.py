@@ -1,0 +1,134 @@
+"""Drawing sprites with a trained network: the jitted sampling function, batches, contexts.
+
+What --mode=sample, show, eval and the benchmark share. Sprite i's noise derives from
+(seed, i) alone, so a sprite is the same at any batch size or device count.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion import denoiser, samplers
+from experiments.data import dataset
+from experiments.runtime import checkpoints, parallel, state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How to draw: the schedule, what the network predicts, the sampler and its settings."""
+  logsnr_fn: Callable[[jax.Array], jax.Array]
+  prediction: str
+  sigma_data: float
+  sampler: str
+  steps: int
+  eta: float
+  guidance: float
+  threshold: str
+  percentile: float
+  image_size: int
+
+
+def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
+  """(step, params) of the workdir's latest checkpoint: its EMA weights if `use_ema`."""
+  state = state_lib.create_or_restore(mesh=mesh, mngr=checkpoints.manager(workdir, 1),
+                                      must_exist=True, **state_kwargs)
+  if state is None:
+    raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
+                            '(--mode=train), or point --workdir at a trained run.')
+  return int(state.step), state.ema_params if use_ema else state.params
+
+
+def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
+  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B."""
+  s = sampling  # pylint: disable=invalid-name
+  grid = samplers.time_grid(s.logsnr_fn, s.steps)
+
+  def fn(params, keys, context):
+    denoise = denoiser.make_denoiser(
+        model_fn=lambda x, t, c: model.apply(params, x, t, c), context=context,
+        prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
+        threshold=s.threshold, percentile=s.percentile)
+    return samplers.sample(denoise=denoise, grid=grid, keys=keys,
+                           shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
+                           frames=frames)
+
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  if not frames:
+    return jax.jit(fn, in_shardings=(rep, shard, shard), out_shardings=shard)
+  frame_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, 'data'))
+  movie = samplers.Movie(frame_sharding, frame_sharding, rep, rep)
+  return jax.jit(fn, in_shardings=(rep, shard, shard), out_shardings=(shard, movie))
+
+
+def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, frames: int,
+             indices: np.ndarray | None = None):
+  """(uint8 sprites, Movie of uint8 frames or None) for every context row, in batches.
+
+  Row r's noise derives from (seed, indices[r]); indices defaults to 0..N-1 (sprite i gets
+  noise i). Repeating an index gives rows the same noise, so that only their contexts differ
+  (the interpolation grid, the guidance strip).
+  """
+  n = len(context)
+  indices = np.arange(n) if indices is None else np.asarray(indices)
+  batch = -(-min(batch_size, n) // mesh.size) * mesh.size
+  base = jax.random.key(seed)
+  images, movies = [], []
+  for start in range(0, n, batch):
+    rows = np.minimum(np.arange(start, start + batch), n - 1)  # the last batch repeats row n - 1
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(indices[rows]))
+    out = fn(params, keys, jnp.asarray(context[rows]))
+    x, movie = out if frames else (out, None)
+    images.append(dataset.to_uint8(x))
+    movies.append(movie)
+  images = np.concatenate(images)[:n]
+  if not frames:
+    return images, None
+  first = movies[0]
+  return images, samplers.Movie(
+      *(np.concatenate([dataset.to_uint8(getattr(m, f)) for m in movies], axis=1)[:, :n]
+        for f in ('x_t', 'x0')), np.asarray(first.step), np.asarray(first.t))
+
+
+def parse_mix(spec: str, class_names) -> list[np.ndarray]:
+  """'food:0.6,spell:0.4;0:1' -> context vectors; classes by name or index."""
+  vectors = []
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    v = np.zeros(len(class_names), np.float32)
+    for item in part.split(','):
+      name, _, weight = item.partition(':')
+      name = name.strip()
+      k = int(name) if name.isdigit() else (class_names.index(name) if name in class_names else -1)
+      if not 0 <= k < len(class_names):
+        raise ValueError(f'sample.mix: unknown class {name!r} in {part!r}; classes: '
+                         f'{", ".join(class_names)} (or their indices).')
+      v[k] += float(weight or 1.0)
+    vectors.append(v)
+  return vectors
+
+
+def contexts(class_names, per_class: int, mix: str = ''):
+  """(context [N, K], labels [N], rows): per_class sprites of each class, then of each mix."""
+  k = max(len(class_names), 1)
+  labels = np.repeat(np.arange(len(class_names)) if class_names else np.array([-1]), per_class)
+  ctx = dataset.context(labels, len(class_names))
+  mixes = parse_mix(mix, list(class_names)) if mix else []
+  for v in mixes:
+    ctx = np.concatenate([ctx, np.repeat(v[None], per_class, 0)])
+    labels = np.concatenate([labels, np.full(per_class, -1)])
+  return ctx.reshape(-1, k), labels.astype(np.int32), len(class_names or [0]) + len(mixes)
+
+
+def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str], list[str]]:
+  """(name, class) of each sprite in `contexts` order: 'food_drink_03', or 'mix1_03' of class 'mix1'."""
+  groups = list(class_names) or ['unconditional']
+  groups += [f'mix{m}' for m in range(len([p for p in mix.split(';') if p.strip()]))]
+  classes = [g for g in groups for _ in range(per_class)]
+  return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
+
+
+def output_name(step: int, sampler: str, steps: int, guidance: float) -> str:
+  """'step003500_ddpm200_g3': what drew a set of sprites, for its file names."""
+  suffix = f'_g{guidance:g}' if guidance else ''
+  return f'step{step:06d}_{sampler}{steps}{suffix}'

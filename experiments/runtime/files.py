@@ -1,0 +1,20 @@
+"""Who writes, and how: process 0 alone writes files and logs; JSON lands whole or not at all."""
+import json
+import os
+
+import jax
+
+
+def is_writer() -> bool:
+  """True in the one process that writes outputs (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
+
+
+def write_json(path: str, value) -> None:
+  """`value` as indented JSON at `path`, written to a temporary file and renamed into place, so a
+  crash never leaves a half-written file. Call it from the writing process only."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
