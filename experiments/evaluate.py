@@ -125,7 +125,7 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   start = time.perf_counter()
   from_config.validate(config)
   eval_cfg = config.eval
-  check_config(e)
+  check_config(eval_cfg)
   train, heldout = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
   ref = heldout if eval_cfg.reference == 'test' else train
   loaded = time.perf_counter()

@@ -64,6 +64,6 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
                   sample_cfg.sampler, sample_cfg.steps)
     if sample_cfg.sheet:
-      write_sheet(stem, images, class_names, s)
+      write_sheet(stem, images, class_names, sample_cfg)
     logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
   return stem

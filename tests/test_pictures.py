@@ -11,7 +11,7 @@ from scipy import stats
 from conftest import tiny_config
 from configs import sprites
 from diffusion import schedules
-from experiments import from_config, sample, show, train
+from experiments import from_config, show, train
 from experiments.pictures import forward_process, sprite_sheet
 from experiments.runtime import drawing, parallel
 
