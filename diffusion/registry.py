@@ -11,5 +11,6 @@ def check(name: str, valid: Collection[str], what: str) -> None:
 
 
 def lookup(table: Mapping[str, T], name: str, what: str) -> T:
-  check(name, table, what)
+  """table[name]; an unknown name lists the table's names alphabetically."""
+  check(name, sorted(table), what)
   return table[name]
