@@ -5,6 +5,7 @@
   python launch.py --config=configs/sprites.py:cpu --mode=sample --config.sample.sampler=ddim
   python launch.py --config=configs/sprites.py:cpu --mode=show   # forward process, context pictures
   python launch.py --config=configs/sprites.py:cpu --mode=eval   # quality vs real, memorization audit
+  python launch.py --config=configs/sprites.py:tpu --multihost   # on every host of a pod slice
 
 The config file's presets are chosen after the colon; any key can be overridden with
 --config.<section>.<key>=VALUE (unknown keys and wrong types fail here, by name).
@@ -14,12 +15,14 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.runtime import hosts
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; default runs/<config>[-<preset>].')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
                           'What to do (show: pictures of the forward process and the context).')
-_MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first.')
+hosts.define_flags()  # --multihost [--coordinator_address --num_processes --process_id]
 
 
 class _QuietLibraries(logging.logging.Filter):
@@ -40,13 +43,10 @@ def default_workdir(config) -> str:
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from experiments import parallel  # pylint: disable=import-outside-toplevel
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
-  parallel.configure_cpu_devices(config.runtime.cpu_devices, config.train.batch_size)
-  if _MULTIHOST.value:
-    jax.distributed.initialize()
+  hosts.start(config)
   if config.runtime.compile_cache:
     cache = os.path.join(os.path.dirname(os.path.abspath(workdir)), '.jax_cache')
     jax.config.update('jax_compilation_cache_dir', cache)

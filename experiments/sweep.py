@@ -18,13 +18,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import evaluate, sample, train
-from experiments.runtime import checkpoints, files
+from experiments.runtime import checkpoints, files, hosts
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
                                           lock_config=True)
 _SWEEP = flags.DEFINE_string('sweep', None, 'Python file defining get_sweep().')
 _ROOT = flags.DEFINE_string('root', 'runs/sweeps', 'Where the sweep folders go.')
 _TABLE_ONLY = flags.DEFINE_bool('table_only', False, 'Only tabulate finished runs.')
+hosts.define_flags()
 
 SAMPLING_SECTIONS = ('sample', 'eval')
 
@@ -93,6 +94,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  hosts.start(_CONFIG.value)
   sweep = load_sweep(_SWEEP.value)
   folder = os.path.join(_ROOT.value, os.path.splitext(os.path.basename(_SWEEP.value))[0])
   runs = [(o, apply(_CONFIG.value, o)) for o in sweep]  # every override checked before any run
@@ -103,11 +105,12 @@ def main(argv):
       logging.info('Sweep run %s in %s', overrides, workdir)
       run_one(config, workdir)
     rows.append(row(overrides, config, workdir))
-  files.write_json(os.path.join(folder, 'results.json'), rows)
-  table = markdown(rows)
-  with open(os.path.join(folder, 'results.md'), 'w', encoding='utf-8') as f:
-    f.write(table + '\n')
-  print(table)
+  if files.is_writer():
+    files.write_json(os.path.join(folder, 'results.json'), rows)
+    table = markdown(rows)
+    with open(os.path.join(folder, 'results.md'), 'w', encoding='utf-8') as f:
+      f.write(table + '\n')
+    print(table)
 
 
 if __name__ == '__main__':
