@@ -23,7 +23,7 @@ from experiments import from_config, sample
 from experiments.data import dataset
 from experiments.pictures import canvas
 from experiments.quality import audit, features, floor, metrics, report as report_lib
-from experiments.runtime import checkpoints, drawing, files, parallel
+from experiments.runtime import checkpoints, drawing, files, hosts, parallel
 
 REFERENCES = ('test', 'train')
 
@@ -119,8 +119,9 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
 
 
 def run(config, workdir: str, *, params=None, step: int | None = None,
-        class_names: tuple[str, ...] | None = None) -> dict:
-  """Evaluate the latest checkpoint (or `params`, or eval.samples); returns what eval.json holds."""
+        class_names: tuple[str, ...] | None = None) -> dict | None:
+  """Evaluate the latest checkpoint (or `params`, or eval.samples); returns what eval.json holds
+  (None in processes other than 0: they help draw, then wait while process 0 measures)."""
   del class_names  # the training split carries them; the keyword matches sample.run
   start = time.perf_counter()
   from_config.validate(config)
@@ -131,6 +132,9 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)
   drawn = time.perf_counter()
+  if not files.is_writer():  # all that follows is host-local work on the gathered sprites
+    hosts.barrier('evaluation written')
+    return None
   b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
   name_version = f'{b.builder_config.name}-{b.version}'
   steps, seed = eval_cfg.feature_steps, eval_cfg.feature_seed
@@ -148,10 +152,10 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                         'metrics': round(time.perf_counter() - trained, 2),
                         'total': round(time.perf_counter() - start, 2)}}
   report['warnings'] = report_lib.caveats(report)
-  if files.is_writer():
-    picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
-    _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
-    print(report_lib.summary(report), flush=True)
+  picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
+  _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
+  print(report_lib.summary(report), flush=True)
+  hosts.barrier('evaluation written')
   return report
 
 

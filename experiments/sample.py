@@ -16,7 +16,7 @@ from absl import logging
 from experiments import from_config
 from experiments.data import dataset
 from experiments.pictures import canvas, denoising, sprite_sheet
-from experiments.runtime import drawing, files, parallel
+from experiments.runtime import drawing, files, hosts, parallel
 
 
 def output_name(config, step: int) -> str:
@@ -66,4 +66,5 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     if sample_cfg.sheet:
       write_sheet(stem, images, class_names, sample_cfg)
     logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
+  hosts.barrier('samples written')
   return stem

@@ -18,7 +18,7 @@ from absl import logging
 from experiments import from_config
 from experiments.data import dataset
 from experiments.pictures import canvas, forward_process
-from experiments.runtime import drawing, files, parallel
+from experiments.runtime import drawing, files, hosts, parallel
 
 
 def parse_scales(spec: str) -> list[float]:
@@ -107,12 +107,14 @@ def run(config, workdir: str) -> list[str]:
   out = os.path.join(workdir, 'show')
   main = files.is_writer()
   written = []
+  data = dataset.load(config.data)  # in every process: the first load builds the dataset once
   if main:
-    images = forward_process.pick_sprites(dataset.load(config.data), config.show.sprites)
+    images = forward_process.pick_sprites(data, config.show.sprites)
     written += forward_process.write(
         images, out, logsnr_fn=from_config.logsnr_fn(config.diffusion),
         schedule=config.diffusion.schedule, seed=config.seed, factor=config.sample.upscale,
         frames=config.show.forward_frames)
+  hosts.barrier('forward process written')
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
     return written
@@ -133,4 +135,5 @@ def run(config, workdir: str) -> list[str]:
       canvas.save_png(written[-1], picture)
   if main:
     logging.info('Wrote %s', ', '.join(written))
+  hosts.barrier('show written')
   return written

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from experiments.data import tfds_builder
+from experiments.runtime import hosts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +31,24 @@ def builder(data_cfg) -> tfds_builder.Sprites:
   return tfds_builder.Sprites(config=config, data_dir=data_dir, file_format='array_record')
 
 
-def load(data_cfg, split: str = 'train') -> SpriteData:
-  """The whole `split` of the configured source, built first if it is not prepared yet."""
+def _build(data_cfg) -> tfds_builder.Sprites:
   b = builder(data_cfg)
   if not b.is_prepared():
     logging.info('Preparing sprites dataset %s in %s (once).', b.builder_config.name, b.data_dir)
     tfds.display_progress_bar(False)  # the build prints its own summary
     b.download_and_prepare()
+  return b
+
+
+def _prepared(data_cfg) -> tfds_builder.Sprites:
+  """The builder of the prepared dataset. Process 0 builds it while the others wait: several
+  processes building one folder at once fail renaming it into place."""
+  return hosts.writer_first('dataset', lambda: _build(data_cfg))
+
+
+def load(data_cfg, split: str = 'train') -> SpriteData:
+  """The whole `split` of the configured source, built first if it is not prepared yet."""
+  b = _prepared(data_cfg)
   source = b.as_data_source(split=split)
   records = source.__getitems__(list(range(len(source))))
   class_names = tuple(b.info.metadata['class_names'])
@@ -73,7 +85,4 @@ def recorded_class_names(data_cfg, workdir: str) -> tuple[str, ...]:
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return tuple(json.load(f)['class_names'])
-  b = builder(data_cfg)
-  if not b.is_prepared():
-    b.download_and_prepare()
-  return tuple(b.info.metadata['class_names'])
+  return tuple(_prepared(data_cfg).info.metadata['class_names'])

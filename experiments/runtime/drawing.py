@@ -80,8 +80,8 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
     keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(indices[rows]))
     out = fn(params, keys, jnp.asarray(context[rows]))
     x, movie = out if frames else (out, None)
-    images.append(dataset.to_uint8(x))
-    movies.append(movie)
+    images.append(dataset.to_uint8(parallel.gather(x)))  # sharded over every process's devices
+    movies.append(jax.tree.map(parallel.gather, movie))
   images = np.concatenate(images)[:n]
   if not frames:
     return images, None
