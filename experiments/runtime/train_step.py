@@ -36,13 +36,14 @@ def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dic
     t = jax.random.randint(k_t, (batch_size,), 1, timesteps + 1).astype(jnp.float32) / timesteps
     eps = jax.random.normal(k_eps, x0.shape)
 
-    def loss_fn(params):
+    def loss_fn(params, batch):  # one device's rows (parallel.mean_value_and_grad)
+      x0, t, eps, context = batch
       model_fn = lambda x, t_: model.apply(params, x, t_, context)
       per_example = losses.diffusion_loss(model_fn=model_fn, x0=x0, t=t, eps=eps,
                                           logsnr_fn=logsnr_fn, **loss_kwargs)
       return jnp.mean(per_example)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = parallel.mean_value_and_grad(loss_fn, mesh)(state.params, (x0, t, eps, context))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     beta = ema_decay(state.step, batch_size, ema_halflife_kimg, ema_rampup)
