@@ -4,11 +4,14 @@
   python launch.py --config=configs/sprites.py:cpu     # the README's main job: <= 15 min on 2 CPU cores
   python launch.py --config=configs/sprites.py:course  # the course's recipe, exactly
   python launch.py --config=configs/sprites.py         # the best recipe we have, for a GPU
+  python launch.py --config=configs/sprites.py:tpu --multihost --workdir=/mnt/runs/sprites-tpu
+                                                       # every worker of a TPU pod slice at once
+                                                       # (README, Multi-host: the gcloud commands)
 """
 from configs import base
 from diffusion import registry
 
-PRESETS = ('smoke', 'cpu', 'course', 'default')
+PRESETS = ('smoke', 'cpu', 'course', 'default', 'tpu')
 
 
 def _smoke(c):
@@ -47,10 +50,20 @@ def _default(c):
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=16)
 
 
+def _tpu(c):
+  """The default recipe on a pod slice (v4-32, v5litepod-16, ...): twice the batch for half the
+  steps (the same images seen), bfloat16 compute. 1,024 splits over any power-of-two chip count
+  up to 1,024. Not tuned, and not yet run on a real pod."""
+  _default(c)
+  c.model.dtype = 'bfloat16'
+  c.train.update(steps=25_000, batch_size=1_024, log_every=250, ckpt_every=2_500)
+  c.sample.batch_size = 1_024
+
+
 def get_config(preset: str = ''):
   preset = preset or 'default'
   registry.check(preset, PRESETS, 'preset')
   c = base.get_config()
   c.name, c.preset = 'sprites', '' if preset == 'default' else preset
-  {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'default': _default}[preset](c)
+  {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'default': _default, 'tpu': _tpu}[preset](c)
   return c
