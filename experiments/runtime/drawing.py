@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import denoiser, samplers
+from diffusion import denoiser, models, samplers
 from experiments.data import dataset
 from experiments.runtime import checkpoints, parallel, state as state_lib
 
@@ -47,7 +47,7 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
-        model_fn=lambda x, t, c: model.apply(params, x, t, c), context=context,
+        model_fn=models.network_fn(model, params), context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         threshold=s.threshold, percentile=s.percentile)
     return samplers.sample(denoise=denoise, grid=grid, keys=keys,
@@ -128,7 +128,7 @@ def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str],
   return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
 
 
-def output_name(step: int, sampler: str, steps: int, guidance: float) -> str:
-  """'step003500_ddpm200_g3': what drew a set of sprites, for its file names."""
-  suffix = f'_g{guidance:g}' if guidance else ''
+def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0) -> str:
+  """'step003500_ddpm200_g3[_p32]': what drew a set of sprites, for its file names."""
+  suffix = (f'_g{guidance:g}' if guidance else '') + (f'_p{palette}' if palette else '')
   return f'step{step:06d}_{sampler}{steps}{suffix}'
