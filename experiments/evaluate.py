@@ -60,6 +60,7 @@ def _draw(config, workdir, train, params, step):
   fn = drawing.make_sample_fn(model, from_config.sampling(config), mesh, frames=0)
   images, _ = drawing.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
                                mesh, frames=0)
+  images = sample.snap_to_palette(images, train.images, config.sample.palette)
   return images, labels, sample.output_name(config, step or 0), step
 
 
