@@ -52,6 +52,8 @@ def main(argv):
     jax.config.update('jax_compilation_cache_dir', cache)
   logging.info('%s (%s) -> %s on %d %s device(s)', _MODE.value, config.preset or 'default',
                workdir, jax.device_count(), jax.default_backend())
+  if config.preset_note:
+    logging.info('preset: %s', config.preset_note)
   from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
   {'train': train.run, 'sample': sample.run, 'show': show.run,
    'eval': evaluate.run}[_MODE.value](config, workdir)

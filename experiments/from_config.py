@@ -25,9 +25,14 @@ def logsnr_fn(diffusion_cfg):
 
 
 def model(model_cfg, num_classes: int):
+  """The configured network; model.channel_mult .. dropout are the UNet's alone."""
   dtype = registry.lookup(DTYPES, model_cfg.dtype, 'model.dtype')
-  return models.get(model_cfg.name)(num_classes=max(num_classes, 1), n_feat=model_cfg.n_feat,
-                                    dtype=dtype)
+  cls, k = models.get(model_cfg.name), max(num_classes, 1)
+  if cls is models.ContextUnet:
+    return cls(num_classes=k, n_feat=model_cfg.n_feat, dtype=dtype)
+  return cls(num_classes=k, channels=tuple(model_cfg.n_feat * m for m in model_cfg.channel_mult),
+             blocks=model_cfg.blocks, attention=tuple(model_cfg.attention),
+             head_dim=model_cfg.head_dim, dropout=model_cfg.dropout, dtype=dtype)
 
 
 def learning_rate(train_cfg) -> optax.Schedule:
@@ -80,8 +85,26 @@ def validate(config) -> None:
          f'{train.steps_per_dispatch} (or set it to 0: automatic).')
   registry.check(train.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
   _check(sample.steps >= 1 and sample.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
+  _check(sample.palette >= 0, f'sample.palette={sample.palette}: 0 (off) or a number of colors.')
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
+  _validate_unet(config.model, config.data.image_size)
+
+
+def _validate_unet(model_cfg, image_size: int) -> None:
+  if model_cfg.name != 'unet':
+    return
+  levels = len(model_cfg.channel_mult)
+  _check(levels >= 1 and min(model_cfg.channel_mult) >= 1 and model_cfg.n_feat >= 1,
+         'model.channel_mult needs at least one level, every multiple >= 1, and model.n_feat >= 1.')
+  _check(image_size % 2 ** (levels - 1) == 0,
+         f'data.image_size={image_size} must halve {levels - 1} times for model.channel_mult='
+         f'{tuple(model_cfg.channel_mult)}: use fewer levels or a size divisible by '
+         f'{2 ** (levels - 1)}.')
+  _check(all(0 <= a < levels for a in model_cfg.attention),
+         f'model.attention={tuple(model_cfg.attention)}: levels must be in 0..{levels - 1}.')
+  _check(model_cfg.blocks >= 1 and model_cfg.head_dim >= 1 and 0.0 <= model_cfg.dropout < 1.0,
+         'model.blocks and model.head_dim must be >= 1, model.dropout in [0, 1).')
 
 
 def steps_per_dispatch(train_cfg, backend: str) -> int:
