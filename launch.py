@@ -40,7 +40,7 @@ def default_workdir(config) -> str:
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from experiments import parallel  # pylint: disable=import-outside-toplevel
+  from experiments.runtime import parallel  # pylint: disable=import-outside-toplevel
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
