@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+from experiments import config_checks
 from experiments.runtime import drawing
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -61,6 +62,8 @@ def _check(condition: bool, message: str) -> None:
 def validate(config) -> None:
   """Every check that needs only the config; raises ValueError naming the key."""
   diffusion, train, sample = config.diffusion, config.train, config.sample
+  config_checks.check_names(config)
+  config_checks.check_values(config)
   logsnr_fn(diffusion)
   models.get(config.model.name)
   registry.check(config.model.dtype, DTYPES, 'model.dtype')
@@ -82,6 +85,8 @@ def validate(config) -> None:
   _check(sample.steps >= 1 and sample.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
+  drawing.mix_weights(sample.mix)
+  config_checks.check_model(config)
 
 
 def steps_per_dispatch(train_cfg, backend: str) -> int:
