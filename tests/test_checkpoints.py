@@ -7,7 +7,6 @@ import re
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -17,23 +16,37 @@ from experiments import from_config
 from experiments.runtime import checkpoints, parallel, state as state_lib
 
 
-def _kwargs():
-  return from_config.state_kwargs(tiny_config('unused'), 8)
+def _toy_state(step: int, poison: bool = False) -> state_lib.TrainState:
+  """A train state of a few replicated arrays: restores cost per array, and the checks do not
+  depend on the model (test_workdir and test_preemption restore real ones)."""
+  rep = parallel.replicated(parallel.make_mesh())
+  noise = np.random.default_rng(step).normal(size=(3, 3, 8, 64)).astype(np.float32)
+  params = {'conv': {'kernel': noise, 'bias': np.full(8, 0.1 * step, np.float32)}}
+  if poison:
+    params['conv']['bias'][3] = np.nan
+  tree = state_lib.TrainState(step=np.asarray(step, np.int32), params=params,
+                              ema_params=jax.tree.map(np.copy, params),
+                              opt_state=(np.asarray(step, np.int32), jax.tree.map(np.zeros_like, params)))
+  return jax.device_put(tree, rep)
+
+
+ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        _toy_state(0))
 
 
 @pytest.fixture(scope='module')
 def pristine(tmp_path_factory):
-  """A workdir with checkpoints 1 and 2 of a fresh tiny state, and one whose step 2 is NaN."""
-  state = state_lib.create(mesh=parallel.make_mesh(), **_kwargs())
+  """Workdirs with checkpoints 1 and 2: good ones, step 2 NaN, and saved without digests."""
   workdirs = {}
-  for name, poison in (('good', False), ('nan_at_2', True)):
+  for name in ('good', 'nan_at_2', 'no_digests'):
     workdirs[name] = str(tmp_path_factory.mktemp(name))
     mngr = checkpoints.manager(workdirs[name], 5)
     for step in (1, 2):
-      saved = state.replace(step=jnp.asarray(step, jnp.int32))
-      if poison and step == 2:
-        saved = saved.replace(params=jax.tree.map(lambda x: x * jnp.nan, saved.params))
-      checkpoints.save(mngr, step, saved)
+      saved = _toy_state(step, poison=name == 'nan_at_2' and step == 2)
+      if name == 'no_digests':  # as versions before the digests saved them
+        mngr.save(step, args=ocp.args.StandardSave(saved), force=True)
+      else:
+        checkpoints.save(mngr, step, saved)
   return workdirs
 
 
@@ -44,14 +57,13 @@ def _copy(pristine, tmp_path, name='good'):
 
 
 def _restore(workdir, set_aside=False):
-  return state_lib.create_or_restore(mesh=parallel.make_mesh(), mngr=checkpoints.manager(workdir, 5),
-                                     must_exist=True, set_aside=set_aside, **_kwargs())
+  return checkpoints.restore_latest(checkpoints.manager(workdir, 5), ABSTRACT, set_aside=set_aside)
 
 
 def _data_files(workdir, step):
-  """The array data files of a checkpoint, largest first (the ones holding parameters)."""
-  found = glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'default', '**', 'd', '*'),
-                    recursive=True)
+  """The array data files of a checkpoint (not its index), largest first."""
+  found = glob.glob(os.path.join(workdir, 'checkpoints', str(step), 'default', 'ocdbt.process_*',
+                                 'd', '*'))
   return sorted(found, key=os.path.getsize, reverse=True)
 
 
@@ -72,11 +84,11 @@ def _overwrite_metadata(workdir):
 
 
 @pytest.mark.parametrize('damage, why', [
-    (lambda w: _flip_bytes(_data_files(w, 2)[0]), 'sha256|non-finite|reading it failed'),
-    (lambda w: _truncate(_data_files(w, 2)[0]), 'reading it failed|sha256'),
+    (lambda w: _flip_bytes(_data_files(w, 2)[0]), 'kernel differs from the sha256 saved with it'),
+    (lambda w: _truncate(_data_files(w, 2)[0]), 'reading it failed'),
     (lambda w: [os.remove(p) for p in _data_files(w, 2)], 'metadata cannot be read|reading it'),
     (_overwrite_metadata, 'metadata cannot be read'),
-])
+], ids=['flipped_bytes', 'truncated_file', 'deleted_files', 'overwritten_metadata'])
 def test_a_damaged_newest_checkpoint_restores_the_previous_one(pristine, tmp_path, caplog, damage,
                                                                why):
   workdir = _copy(pristine, tmp_path)
@@ -105,6 +117,13 @@ def test_non_finite_parameters_are_not_restored(pristine, tmp_path, caplog):
   assert any('non-finite' in r.getMessage() for r in caplog.records)
 
 
+def test_checkpoints_saved_without_digests_still_restore_with_a_warning(pristine, tmp_path, caplog):
+  workdir = _copy(pristine, tmp_path, 'no_digests')
+  with caplog.at_level(logging.WARNING):
+    assert int(_restore(workdir).step) == 2
+  assert any('no sha256 digests' in r.getMessage() for r in caplog.records)
+
+
 def test_no_trustworthy_checkpoint_is_an_error_that_names_each(pristine, tmp_path):
   workdir = _copy(pristine, tmp_path)
   for step in (1, 2):
@@ -121,10 +140,9 @@ def test_a_failed_save_stops_clearly_and_keeps_earlier_checkpoints(pristine, tmp
   def disk_full(*args, **kwargs):
     raise OSError(28, 'No space left on device')
   monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full)
-  state = _restore(workdir)
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'step 3 .*No space left.*\(1, 2\) are untouched.*from step 2'):
-    checkpoints.save(mngr, 3, state.replace(step=jnp.asarray(3, jnp.int32)))
+    checkpoints.save(mngr, 3, _toy_state(3))
   monkeypatch.undo()
   assert int(_restore(workdir).step) == 2
 
