@@ -65,13 +65,14 @@ def _prepare(config, workdir: str):
   parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
   kwargs = from_config.state_kwargs(config, data.num_classes)
   mngr = checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every)
-  _check_recorded_classes(workdir, data.class_names, mngr.latest_step() is not None)
-  state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, set_aside=True, **kwargs)
-  if int(state.step) > config.train.steps:
+  latest = mngr.latest_step()
+  _check_recorded_classes(workdir, data.class_names, latest is not None)
+  if latest is not None and latest > config.train.steps:
     raise ValueError(
-        f'{mngr.directory} holds a checkpoint at step {int(state.step)}, past train.steps='
+        f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
         f'{config.train.steps}: raise --config.train.steps to train on, use --mode=sample or '
         '--mode=eval to use it as it is, or pass another --workdir.')
+  state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, set_aside=True, **kwargs)
   if int(state.step):
     logging.info('Resuming from step %d in %s', int(state.step), mngr.directory)
   if files.is_writer():

@@ -7,22 +7,22 @@ import socket
 import subprocess
 import sys
 
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import tiny_config
 from experiments import from_config, train
 from experiments.data.sources import emoji
-from experiments.runtime import checkpoints, logs, parallel, state as state_lib, workdir_lock
+from experiments.runtime import checkpoints, logs, state as state_lib, workdir_lock
 
 
 def _trained_workdir(tmp_path, step=5, class_names=None):
-  """A workdir as a run of the tiny config leaves it at `step`: a checkpoint and the records."""
+  """A trained workdir at `step`: a checkpoint (of a stand-in model) and the records."""
   workdir = str(tmp_path / 'run')
-  config = tiny_config('unused')
-  state = state_lib.create(mesh=parallel.make_mesh(), **from_config.state_kwargs(config, 8))
-  checkpoints.save(checkpoints.manager(workdir, 2), step,
-                   state.replace(step=jnp.asarray(step, jnp.int32)))
+  tiny = {'kernel': np.ones((3, 3, 3, 8), np.float32)}  # no check here reads further than shapes
+  state = state_lib.TrainState(step=np.asarray(step, np.int32), params=tiny, ema_params=tiny,
+                               opt_state=())
+  checkpoints.save(checkpoints.manager(workdir, 2), step, state)
   records = {'config.json': {'recorded': 'config'},
              'data.json': {'class_names': class_names or list(emoji.CLASS_NAMES)}}
   for name, value in records.items():
@@ -62,7 +62,7 @@ def test_another_model_is_refused_before_the_records_are_touched(tmp_path, data_
   workdir = _trained_workdir(tmp_path)
   before = _records(workdir)
   with pytest.raises(ValueError, match='different model'):
-    train.run(tiny_config(data_dir, **{'model.n_feat': 16}), workdir)
+    train.run(tiny_config(data_dir, **{'model.n_feat': 16, 'train.steps': 10}), workdir)
   assert _records(workdir) == before
 
 
@@ -113,6 +113,16 @@ def test_a_resume_drops_the_metric_rows_logged_after_its_checkpoint(tmp_path):
     f.write('{"step": 6, "lo')  # a run killed in the middle of a row
   assert logs.drop_rows_after(path, 3) == 3
   assert [json.loads(line)['step'] for line in open(path)] == [1, 2, 3]
+
+
+def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
+       '--config.train.keep_checkpoints=0'], cwd=root, capture_output=True, text=True, check=False)
+  assert done.returncode == 1
+  assert 'Error: train.keep_checkpoints=0: must be >= 1' in done.stderr
+  assert 'Traceback' not in done.stderr
 
 
 def test_divergence_before_any_checkpoint_says_so(tmp_path):
