@@ -108,9 +108,8 @@ def mix_weights(spec: str) -> list[list[tuple[str, float]]]:
       except ValueError:
         value = float("nan")
       if not name or not 0 <= value <= MIX_MAX_WEIGHT:  # also refuses nan
-        raise ValueError(f'sample.mix={spec!r}: {item.strip()!r} in {part!r} is not CLASS:WEIGHT '
-                         f'(a class name or index, a weight in [0, {MIX_MAX_WEIGHT:g}]), as in '
-                         f'{MIX_EXAMPLE}.')
+        raise ValueError(f'sample.mix={spec!r}: {item.strip()!r} is not CLASS:WEIGHT (a class '
+                         f'name or index, a weight in [0, {MIX_MAX_WEIGHT:g}]), as in {MIX_EXAMPLE}.')
       items.append((name, value))
     if not sum(value for _, value in items) > 0:
       raise ValueError(f'sample.mix={spec!r}: the weights of {part!r} are all 0.')

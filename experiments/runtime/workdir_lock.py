@@ -84,6 +84,8 @@ def _lock(fd: int) -> bool:
 
 def acquire(workdir: str) -> int:
   """Take <workdir>/train.lock; returns its open file descriptor. Raises WorkdirBusy."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f'--workdir={workdir} is a file; pass a folder (it is created).')
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, NAME)
   while True:
