@@ -88,8 +88,8 @@ def get(config, key: str):
 
 def check_names(config) -> None:
   """Raise ValueError naming the key whose value is not in its registry, with the valid ones."""
-  for key, valid in NAMES.items():
-    registry.check(get(config, key), valid, key)
+  for key, valid in NAMES.items():  # tables list their names alphabetically, as registry.lookup
+    registry.check(get(config, key), sorted(valid) if isinstance(valid, dict) else valid, key)
 
 
 def check_values(config) -> None:
