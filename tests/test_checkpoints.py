@@ -67,11 +67,17 @@ def _data_files(workdir, step):
   return sorted(found, key=os.path.getsize, reverse=True)
 
 
-def _flip_bytes(path):
+def _flip_bytes(path, mask=0x5A):
   data = bytearray(open(path, 'rb').read())
   for i in range(len(data) // 3, len(data) // 3 + 4):
-    data[i] ^= 0x5A
+    data[i] ^= mask
   open(path, 'wb').write(bytes(data))
+
+
+def _flip_low_bits(path):
+  """The lowest bit of 4 bytes: other finite numbers (exponents of N(0, 1) data never reach 0xFF),
+  which only the digests can tell from the saved ones."""
+  _flip_bytes(path, 0x01)
 
 
 def _truncate(path):
@@ -84,7 +90,7 @@ def _overwrite_metadata(workdir):
 
 
 @pytest.mark.parametrize('damage, why', [
-    (lambda w: _flip_bytes(_data_files(w, 2)[0]), 'kernel differs from the sha256 saved with it'),
+    (lambda w: _flip_low_bits(_data_files(w, 2)[0]), 'kernel differs from the sha256 saved with it'),
     (lambda w: _truncate(_data_files(w, 2)[0]), 'reading it failed'),
     (lambda w: [os.remove(p) for p in _data_files(w, 2)], 'metadata cannot be read|reading it'),
     (_overwrite_metadata, 'metadata cannot be read'),

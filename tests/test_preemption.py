@@ -88,10 +88,16 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, da
 
 
 def test_a_second_signal_gets_the_previous_handler_back():
-  with preemption.StopOnSignal() as stop:
-    assert not stop.requested(1)
-    os.kill(os.getpid(), signal.SIGINT)
-    assert stop.requested(2) and stop.received == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):
+  before = {s: signal.getsignal(s) for s in preemption.SIGNALS}
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test installed
+  try:
+    with preemption.StopOnSignal() as stop:
+      assert not stop.requested(1)
       os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+      assert stop.requested(2) and stop.received == 'SIGINT'
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+  finally:
+    for s, handler in before.items():
+      signal.signal(s, handler)
