@@ -71,7 +71,8 @@ def _train() -> ml_collections.ConfigDict:
                               # up to 10 on GPU/TPU (~2x at batch 100 on an H100), 1 on CPU
   s.log_every = 100
   s.ckpt_every = 1_000
-  s.keep_checkpoints = 2
+  s.keep_checkpoints = 2      # the latest K checkpoints are kept (>= 1) ...
+  s.keep_every = 0            # ... and for good every one at a multiple of this step; 0 = none
   s.sample_every = 0          # write a sample grid every N steps; 0 = only at the end
   s.eval_every = 0            # run the evaluation every N steps; 0 = only with --mode=eval / at the end
   return s

@@ -91,19 +91,45 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
         for f in ('x_t', 'x0')), np.asarray(first.step), np.asarray(first.t))
 
 
+MIX_EXAMPLE = "'food_drink:0.6,objects:0.4;0:0.5,1:0.5'"
+MIX_MAX_WEIGHT = 100.0  # the network saw one-hot contexts: far beyond 1 is noise, and float32 overflows
+
+
+def mix_weights(spec: str) -> list[list[tuple[str, float]]]:
+  """'food:0.6,spell:0.4;0:1' -> [[('food', 0.6), ('spell', 0.4)], [('0', 1.0)]], checked before
+  any class is known: every item CLASS or CLASS:WEIGHT, weights >= 0, each mix's total > 0."""
+  mixes = []
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    items = []
+    for item in part.split(','):
+      name, _, weight = (text.strip() for text in item.partition(':'))
+      try:
+        value = float(weight) if weight else 1.0
+      except ValueError:
+        value = float("nan")
+      if not name or not 0 <= value <= MIX_MAX_WEIGHT:  # also refuses nan
+        raise ValueError(f'sample.mix={spec!r}: {item.strip()!r} is not CLASS:WEIGHT (a class '
+                         f'name or index, a weight in [0, {MIX_MAX_WEIGHT:g}]), as in {MIX_EXAMPLE}.')
+      items.append((name, value))
+    if not sum(value for _, value in items) > 0:
+      raise ValueError(f'sample.mix={spec!r}: the weights of {part!r} are all 0.')
+    mixes.append(items)
+  return mixes
+
+
 def parse_mix(spec: str, class_names) -> list[np.ndarray]:
   """'food:0.6,spell:0.4;0:1' -> context vectors; classes by name or index."""
   vectors = []
-  for part in filter(None, (p.strip() for p in spec.split(';'))):
+  for items in mix_weights(spec):
     v = np.zeros(len(class_names), np.float32)
-    for item in part.split(','):
-      name, _, weight = item.partition(':')
-      name = name.strip()
-      k = int(name) if name.isdigit() else (class_names.index(name) if name in class_names else -1)
+    for name, weight in items:
+      index = name.isascii() and name.isdigit()  # not str.isdigit alone: it accepts '²'
+      k = int(name) if index else (class_names.index(name) if name in class_names else -1)
       if not 0 <= k < len(class_names):
-        raise ValueError(f'sample.mix: unknown class {name!r} in {part!r}; classes: '
-                         f'{", ".join(class_names)} (or their indices).')
-      v[k] += float(weight or 1.0)
+        raise ValueError(f'sample.mix: unknown class {name!r} in {spec!r}; classes: '
+                         f'{", ".join(class_names) or "none (an unconditional dataset)"} (or '
+                         'their indices).')
+      v[k] += weight
     vectors.append(v)
   return vectors
 
