@@ -11,6 +11,7 @@ The config file's presets are chosen after the colon; any key can be overridden 
 --config.<section>.<key>=VALUE (unknown keys and wrong types fail here, by name).
 """
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,10 +26,15 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
 hosts.define_flags()  # --multihost [--coordinator_address --num_processes --process_id]
 
 
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+_OURS = ('experiments', 'diffusion', 'configs')  # not .venv/: a library's error is not a checked input
+
+
 class _QuietLibraries(logging.logging.Filter):
   """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
   NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
-  EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry')
+  EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry',
+              'Type handler registry type')  # runtime/checkpoints.py replaces orbax's on CPU
 
   def filter(self, record):
     if not any(part in record.pathname for part in self.NOISY):
@@ -38,6 +44,34 @@ class _QuietLibraries(logging.logging.Filter):
 
 def default_workdir(config) -> str:
   return os.path.join('runs', config.name + (f'-{config.preset}' if config.preset else ''))
+
+
+def _is_ours(error: BaseException) -> bool:
+  """Whether `error` was raised by this project's code (a checked input), not inside a library."""
+  tb = error.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  if tb is None:
+    return False
+  path = os.path.relpath(os.path.abspath(tb.tb_frame.f_code.co_filename), _ROOT)
+  return path.split(os.sep)[0] in _OURS
+
+
+def _run_mode(mode: str, config, workdir: str) -> None:
+  """Run `mode`; an expected error (bad input, a busy workdir, divergence) is printed as its
+  message alone, exit code 1: it says what to change, and a traceback would bury it."""
+  from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
+  from experiments.runtime import checkpoints, workdir_lock  # pylint: disable=import-outside-toplevel
+  expected = (ValueError, OSError, FloatingPointError, checkpoints.CheckpointError,
+              workdir_lock.WorkdirBusy)
+  try:
+    {'train': train.run, 'sample': sample.run, 'show': show.run, 'eval': evaluate.run}[mode](
+        config, workdir)
+  except expected as e:
+    if not _is_ours(e):
+      raise
+    print(f'Error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def main(argv):
@@ -52,9 +86,9 @@ def main(argv):
     jax.config.update('jax_compilation_cache_dir', cache)
   logging.info('%s (%s) -> %s on %d %s device(s)', _MODE.value, config.preset or 'default',
                workdir, jax.device_count(), jax.default_backend())
-  from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
-  {'train': train.run, 'sample': sample.run, 'show': show.run,
-   'eval': evaluate.run}[_MODE.value](config, workdir)
+  if config.preset_note:
+    logging.info('preset: %s', config.preset_note)
+  _run_mode(_MODE.value, config, workdir)
 
 
 if __name__ == '__main__':

@@ -20,8 +20,13 @@ def _data() -> ml_collections.ConfigDict:
 
 def _model() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
-  s.name = 'context_unet'  # context_unet (the course's) | unet (modern, attention)
-  s.n_feat = 64            # base channel width
+  s.name = 'context_unet'  # context_unet (the course's) | unet (ADM-style, attention, logSNR input)
+  s.n_feat = 64            # base channel width (unet: of its first level)
+  s.channel_mult = (1, 2, 2)  # unet: width of each level (16, 8, 4 px at 16 px) as multiples of n_feat
+  s.blocks = 2             # unet: residual blocks per level on the way down (one more on the way up)
+  s.attention = (1, 2)     # unet: levels with self-attention (0 = full resolution)
+  s.head_dim = 32          # unet: channels per attention head
+  s.dropout = 0.0          # unet: dropout in the residual blocks while training
   s.dtype = 'float32'      # compute dtype: float32 | bfloat16 (parameters stay float32)
   return s
 
@@ -66,7 +71,8 @@ def _train() -> ml_collections.ConfigDict:
                               # up to 10 on GPU/TPU (~2x at batch 100 on an H100), 1 on CPU
   s.log_every = 100
   s.ckpt_every = 1_000
-  s.keep_checkpoints = 2
+  s.keep_checkpoints = 2      # the latest K checkpoints are kept (>= 1) ...
+  s.keep_every = 0            # ... and for good every one at a multiple of this step; 0 = none
   s.sample_every = 0          # write a sample grid every N steps; 0 = only at the end
   s.eval_every = 0            # run the evaluation every N steps; 0 = only with --mode=eval / at the end
   return s
@@ -82,6 +88,8 @@ def _sample() -> ml_collections.ConfigDict:
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)
   s.mix = ''             # extra context mixes, e.g. 'food:0.6,symbols:0.4;0:0.5,1:0.5'
+  s.palette = 0          # > 0: snap every drawn pixel to the training set's colors (k-means to this
+                         # many if it has more); eval then scores the snapped sprites. 0 = off
   s.use_ema = True
   s.seed = 0             # sprite i's noise derives from (seed, i): the same at any batch size
   s.batch_size = 256     # sprites per jitted sampling call
@@ -138,6 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'sprites'    # config family; the default workdir is runs/<name>[-<preset>]
   c.preset = ''         # set by the preset; part of the default workdir name
+  c.preset_note = ''    # why this preset ran, when it was chosen automatically (logged at start)
   c.seed = 0            # every key of the run derives from it: fold_in(seed, step), fold_in(seed, index)
   c.data = _data()
   c.model = _model()

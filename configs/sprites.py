@@ -3,15 +3,38 @@
   python launch.py --config=configs/sprites.py:smoke   # < 1 min on a 2-core CPU: tests use it
   python launch.py --config=configs/sprites.py:cpu     # the README's main job: <= 15 min on 2 CPU cores
   python launch.py --config=configs/sprites.py:course  # the course's recipe, exactly
-  python launch.py --config=configs/sprites.py         # the best recipe we have, for a GPU
+  python launch.py --config=configs/sprites.py         # the main job: `cpu` on a CPU, else `accelerator`
+  python launch.py --config=configs/sprites.py:accelerator  # the best recipe for one GPU or TPU
   python launch.py --config=configs/sprites.py:tpu --multihost --workdir=/mnt/runs/sprites-tpu
                                                        # every worker of a TPU pod slice at once
                                                        # (README, Multi-host: the gcloud commands)
 """
+import glob
+import importlib.util
+import os
+
 from configs import base
 from diffusion import registry
 
-PRESETS = ('smoke', 'cpu', 'course', 'default', 'tpu')
+PRESETS = ('smoke', 'cpu', 'course', 'default', 'accelerator', 'tpu')
+
+
+def accelerator() -> str:
+  """'gpu' or 'tpu' if JAX could use one here, else 'cpu', decided without starting JAX: the
+  launcher must still set the CPU device count and start multi-host before the backend starts.
+
+  JAX_PLATFORMS wins; otherwise a GPU needs JAX's CUDA plugin and an NVIDIA device node, a TPU
+  libtpu and an accelerator device node.
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '').split(',')[0].strip().lower()
+  if platforms:
+    return {'cuda': 'gpu', 'rocm': 'gpu', 'gpu': 'gpu', 'tpu': 'tpu'}.get(platforms, 'cpu')
+  found = lambda *names: any(importlib.util.find_spec(n) for n in names)
+  if found('libtpu') and (glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*')):
+    return 'tpu'
+  if found('jax_cuda12_plugin', 'jax_cuda13_plugin') and glob.glob('/dev/nvidia[0-9]*'):
+    return 'gpu'
+  return 'cpu'
 
 
 def _smoke(c):
@@ -42,8 +65,10 @@ def _course(c):
   c.sample.update(sampler='ddpm', steps=500, guidance=0.0, clip_x0='none')
 
 
-def _default(c):
-  c.model.n_feat = 128
+def _accelerator(c):
+  """The best recipe we have for one GPU or TPU (placeholder values; see the README's results)."""
+  c.model.update(name='unet', n_feat=128, channel_mult=(1, 2, 2), blocks=2, attention=(1, 2),
+                 dropout=0.1, dtype='bfloat16')
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
   c.train.update(steps=50_000, batch_size=512, learning_rate=1e-3, warmup_steps=500,
                  lr_schedule='cosine', log_every=500, ckpt_every=5_000)
@@ -51,19 +76,33 @@ def _default(c):
 
 
 def _tpu(c):
-  """The default recipe on a pod slice (v4-32, v5litepod-16, ...): twice the batch for half the
-  steps (the same images seen), bfloat16 compute. 1,024 splits over any power-of-two chip count
-  up to 1,024. Not tuned, and not yet run on a real pod."""
-  _default(c)
-  c.model.dtype = 'bfloat16'
+  """The accelerator recipe on a pod slice (v4-32, v5litepod-16, ...): twice the batch for half
+  the steps (the same images seen). 1,024 splits over any power-of-two chip count up to 1,024.
+  Not tuned, and not yet run on a real pod."""
+  _accelerator(c)
   c.train.update(steps=25_000, batch_size=1_024, log_every=250, ckpt_every=2_500)
   c.sample.batch_size = 1_024
+
+
+def _auto(c):
+  """No preset named: the accelerator recipe where JAX has a GPU or TPU, else the CPU one."""
+  found = accelerator()
+  chosen = 'cpu' if found == 'cpu' else 'accelerator'
+  PRESET_FNS[chosen](c)
+  c.preset = chosen
+  c.preset_note = (f'no preset named: found {found.upper() if found != "cpu" else "no GPU or TPU"}, '
+                   f'so the {chosen} recipe' + (' (about 15 minutes on 2 CPU cores)'
+                                                if chosen == 'cpu' else ''))
+
+
+PRESET_FNS = {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'accelerator': _accelerator,
+              'tpu': _tpu}
 
 
 def get_config(preset: str = ''):
   preset = preset or 'default'
   registry.check(preset, PRESETS, 'preset')
   c = base.get_config()
-  c.name, c.preset = 'sprites', '' if preset == 'default' else preset
-  {'smoke': _smoke, 'cpu': _cpu, 'course': _course, 'default': _default, 'tpu': _tpu}[preset](c)
+  c.name, c.preset = 'sprites', preset
+  {**PRESET_FNS, 'default': _auto}[preset](c)
   return c

@@ -37,20 +37,21 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
   registry.check(method, THRESHOLDS, 'x0 threshold')
 
 
-def make_denoiser(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+def make_denoiser(*, model_fn: Callable[..., jax.Array],
                   context: jax.Array, prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
                   threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
   """A denoiser for a batch whose context vectors are `context` [B, num_classes].
 
-  model_fn(x_in, t, context) -> output, with x_in the (preconditioned) noisy image [B, H, W, C]
-  and t [B]. With guidance != 0 the conditional and null-context halves run as one batch.
-  The schedule is not needed here: the sampler passes logsnr(t) along with t.
+  model_fn(x_in, t, logsnr, context) -> output, with x_in the (preconditioned) noisy image
+  [B, H, W, C] and t, logsnr [B]. With guidance != 0 the conditional and null-context halves run
+  as one batch. The schedule is not needed here: the sampler passes logsnr(t) along with t.
   """
   def output(x_t, t, logsnr):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
     if guidance == 0.0:
-      return model_fn(x_in, t, context).astype(jnp.float32)
-    both = model_fn(jnp.concatenate([x_in, x_in]), jnp.concatenate([t, t]),
+      return model_fn(x_in, t, logsnr, context).astype(jnp.float32)
+    twice = lambda a: jnp.concatenate([a, a])
+    both = model_fn(twice(x_in), twice(t), twice(logsnr),
                     jnp.concatenate([context, jnp.zeros_like(context)])).astype(jnp.float32)
     cond, uncond = jnp.split(both, 2)
     return (1 + guidance) * cond - guidance * uncond

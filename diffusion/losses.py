@@ -48,11 +48,11 @@ def loss_weight(name: str, *, logsnr: jax.Array, prediction: str, sigma_data: fl
   return x0_weight(name, logsnr=logsnr, sigma_data=sigma_data, **kwargs) * scale
 
 
-def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array,
+def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], x0: jax.Array,
                    t: jax.Array, eps: jax.Array, logsnr_fn: Callable[[jax.Array], jax.Array],
                    prediction: str, weighting: str, sigma_data: float = 0.5,
                    min_snr_gamma: float = 5.0, sigmoid_bias: float = 2.0) -> jax.Array:
-  """Per-example loss: w * mean over pixels of |model_fn(c_in x_t, t) - target|^2.
+  """Per-example loss: w * mean over pixels of |model_fn(c_in x_t, t, logsnr) - target|^2.
 
   x0: [B, H, W, C] data; t: [B] times in (0, 1]; eps: standard normal like x0.
   """
@@ -62,7 +62,7 @@ def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array], jax.Array], x0:
     logsnr, dlogsnr_dt = logsnr_fn(t), None
   x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
   scale = gaussian.input_scale(logsnr, prediction, sigma_data)
-  out = model_fn(x_t * scale[:, None, None, None], t).astype(jnp.float32)
+  out = model_fn(x_t * scale[:, None, None, None], t, logsnr).astype(jnp.float32)
   goal = gaussian.target(x0=x0, eps=eps, logsnr=logsnr, prediction=prediction,
                          sigma_data=sigma_data)
   mse = jnp.mean(jnp.square(out - goal), axis=tuple(range(1, x0.ndim)))

@@ -14,6 +14,8 @@ the first two to <workdir>/eval.json and <workdir>/nearest.png, and prints a one
 import os
 import shutil
 import time
+import zipfile
+import zlib
 
 import numpy as np
 from absl import logging
@@ -60,19 +62,32 @@ def _draw(config, workdir, train, params, step):
   fn = drawing.make_sample_fn(model, from_config.sampling(config), mesh, frames=0)
   images, _ = drawing.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
                                mesh, frames=0)
+  images = sample.snap_to_palette(images, train.images, config.sample.palette)
   return images, labels, sample.output_name(config, step or 0), step
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """The arrays of a .npz file; any unreadable file is a ValueError naming it."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'eval.samples={path}: no such file.')
+  try:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise ValueError('a single .npy array')
+    with loaded:
+      return {name: loaded[name] for name in loaded.files}
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+    raise ValueError(f'eval.samples={path}: not a readable .npz of sprites ({e}); eval reads the '
+                     '.npz files that --mode=sample writes.') from e
 
 
 def read_samples(path: str, like: np.ndarray, num_classes: int):
   """(images, labels) of a samples .npz, checked against the training sprites `like`."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'eval.samples={path}: no such file.')
-  with np.load(path) as f:
-    if 'images' not in f:
-      raise ValueError(f'{path} holds no `images` array (it has: {", ".join(f.files)}); '
-                       'eval reads the .npz files that --mode=sample writes.')
-    images = f['images']
-    labels = f['labels'] if 'labels' in f else np.full(len(images), -1, np.int32)
+  arrays = _read_npz(path)
+  if 'images' not in arrays:
+    raise ValueError(f'{path} holds no `images` array (it has: {", ".join(arrays) or "nothing"}); '
+                     'eval reads the .npz files that --mode=sample writes.')
+  images, labels = arrays['images'], arrays.get('labels')
   if images.ndim != 4 or images.shape[0] == 0:
     raise ValueError(f'{path}: images have shape {images.shape}; expected a non-empty '
                      f'[N, {", ".join(map(str, like.shape[1:]))}] batch of sprites.')
@@ -80,11 +95,14 @@ def read_samples(path: str, like: np.ndarray, num_classes: int):
     raise ValueError(f'{path}: sprites are {images.dtype} {list(images.shape[1:])}, the training '
                      f'data {like.dtype} {list(like.shape[1:])}: convert them (uint8 in [0, 255], '
                      'RGB) or set --config.data.image_size to match.')
-  labels = np.asarray(labels, np.int32).reshape(-1)
-  if len(labels) != len(images) or labels.max() >= num_classes:
-    raise ValueError(f'{path}: labels must be one per sprite, each -1 or a class below '
-                     f'{num_classes}; got {len(labels)} labels, max {labels.max()}.')
-  return images, labels
+  labels = np.full(len(images), -1, np.int32) if labels is None else labels
+  if (labels.ndim != 1 or len(labels) != len(images)
+      or not np.issubdtype(labels.dtype, np.integer)
+      or np.any((labels < -1) | (labels >= num_classes))):
+    raise ValueError(f'{path}: labels must be integers, one per sprite, each -1 or a class below '
+                     f'{num_classes}; got {labels.dtype} {list(labels.shape)} for {len(images)} '
+                     'sprites.')
+  return images, labels.astype(np.int32)
 
 
 def _sprites(config, workdir, train, params, step):

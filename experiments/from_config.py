@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+from experiments import config_checks
 from experiments.runtime import drawing
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -25,9 +26,14 @@ def logsnr_fn(diffusion_cfg):
 
 
 def model(model_cfg, num_classes: int):
+  """The configured network; model.channel_mult .. dropout are the UNet's alone."""
   dtype = registry.lookup(DTYPES, model_cfg.dtype, 'model.dtype')
-  return models.get(model_cfg.name)(num_classes=max(num_classes, 1), n_feat=model_cfg.n_feat,
-                                    dtype=dtype)
+  cls, k = models.get(model_cfg.name), max(num_classes, 1)
+  if cls is models.ContextUnet:
+    return cls(num_classes=k, n_feat=model_cfg.n_feat, dtype=dtype)
+  return cls(num_classes=k, channels=tuple(model_cfg.n_feat * m for m in model_cfg.channel_mult),
+             blocks=model_cfg.blocks, attention=tuple(model_cfg.attention),
+             head_dim=model_cfg.head_dim, dropout=model_cfg.dropout, dtype=dtype)
 
 
 def learning_rate(train_cfg) -> optax.Schedule:
@@ -61,6 +67,8 @@ def _check(condition: bool, message: str) -> None:
 def validate(config) -> None:
   """Every check that needs only the config; raises ValueError naming the key."""
   diffusion, train, sample = config.diffusion, config.train, config.sample
+  config_checks.check_names(config)
+  config_checks.check_values(config)
   logsnr_fn(diffusion)
   models.get(config.model.name)
   registry.check(config.model.dtype, DTYPES, 'model.dtype')
@@ -82,6 +90,23 @@ def validate(config) -> None:
   _check(sample.steps >= 1 and sample.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
+  _validate_unet(config.model, config.data.image_size)
+  drawing.mix_weights(sample.mix)
+  config_checks.check_model(config)
+
+
+def _validate_unet(model_cfg, image_size: int) -> None:
+  if model_cfg.name != 'unet':
+    return
+  levels = len(model_cfg.channel_mult)
+  _check(levels >= 1 and min(model_cfg.channel_mult) >= 1,
+         'model.channel_mult needs at least one level, every multiple >= 1.')
+  _check(image_size % 2 ** (levels - 1) == 0,
+         f'data.image_size={image_size} must halve {levels - 1} times for model.channel_mult='
+         f'{tuple(model_cfg.channel_mult)}: use fewer levels or a size divisible by '
+         f'{2 ** (levels - 1)}.')
+  _check(all(0 <= a < levels for a in model_cfg.attention),
+         f'model.attention={tuple(model_cfg.attention)}: levels must be in 0..{levels - 1}.')
 
 
 def steps_per_dispatch(train_cfg, backend: str) -> int:

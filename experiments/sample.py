@@ -14,14 +14,20 @@ import numpy as np
 from absl import logging
 
 from experiments import from_config
-from experiments.data import dataset
+from experiments.data import dataset, palette
 from experiments.pictures import canvas, denoising, sprite_sheet
 from experiments.runtime import drawing, files, hosts, parallel
 
 
 def output_name(config, step: int) -> str:
   sample_cfg = config.sample
-  return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance)
+  return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
+                             sample_cfg.palette)
+
+
+def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:
+  """sample.palette: every pixel moved to the nearest of the training set's (<= k) colors."""
+  return palette.apply(images, palette.fit(train_images, k)) if k else images
 
 
 def write_outputs(path_stem: str, images, labels, context, class_names, rows: int, movie,
@@ -59,6 +65,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   fn = drawing.make_sample_fn(model, from_config.sampling(config), mesh, frames)
   images, movie = drawing.generate(fn, params, sample_cfg.seed, context, sample_cfg.batch_size,
                                    mesh, frames)
+  if sample_cfg.palette:
+    images = snap_to_palette(images, dataset.load(config.data, 'train').images, sample_cfg.palette)
   stem = os.path.join(workdir, 'samples', output_name(config, step or 0))
   if files.is_writer():
     write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,

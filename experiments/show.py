@@ -10,6 +10,7 @@ and, once the workdir holds a checkpoint:
   guidance.png   one row per class, columns the guidance scales of show.guidance_scales;
                  each row keeps one starting noise
 """
+import math
 import os
 
 import numpy as np
@@ -23,17 +24,21 @@ from experiments.runtime import drawing, files, hosts, parallel
 
 def parse_scales(spec: str) -> list[float]:
   try:
-    return [float(x) for x in spec.split(',') if x.strip()]
+    scales = [float(x) for x in spec.split(',') if x.strip()]
   except ValueError:
-    raise ValueError(f'show.guidance_scales={spec!r}: want numbers separated by commas, '
-                     'e.g. 0,0.5,1,2,4.') from None
+    scales = []
+  if not scales or not all(math.isfinite(w) for w in scales):
+    raise ValueError(f'show.guidance_scales={spec!r}: want finite numbers separated by commas, '
+                     'e.g. 0,0.5,1,2,4.')
+  return scales
 
 
 def class_index(spec: str, class_names, default: int) -> int:
   """A class named by name or index; '' gives `default`. Unknown names list the valid ones."""
   if not spec:
     return default
-  k = int(spec) if spec.isdigit() else class_names.index(spec) if spec in class_names else -1
+  index = spec.isascii() and spec.isdigit()  # not str.isdigit alone: it accepts '²'
+  k = int(spec) if index else class_names.index(spec) if spec in class_names else -1
   if not 0 <= k < len(class_names):
     raise ValueError(f'Unknown class {spec!r}; classes: {", ".join(class_names)} (or their indices).')
   return k

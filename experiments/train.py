@@ -1,5 +1,16 @@
-"""--mode=train: train, checkpoint, resume, and finish by sampling."""
+"""--mode=train: train, checkpoint, resume, and finish by sampling.
+
+Everything that can be checked is checked before the first step: the config, the data (the classes
+of sample.mix, a test split if an evaluation will need one) and the workdir (one run at a time,
+checkpoints of this model and these classes, not past train.steps). config.json and data.json are
+written only then. SIGTERM or SIGINT saves a checkpoint at the current step and ends the run
+normally; running the same command again resumes it.
+"""
+import json
+import math
 import os
+import shlex
+import sys
 
 import jax
 import numpy as np
@@ -7,16 +18,19 @@ from absl import logging
 
 from experiments import evaluate, from_config, sample
 from experiments.data import dataset
-from experiments.runtime import checkpoints, files, logs, parallel, state as state_lib, train_step
+from experiments.runtime import checkpoints, drawing, files, logs, parallel, preemption
+from experiments.runtime import state as state_lib, train_step, workdir_lock
 
 
 def _check_finite(metrics: dict, step: int, mngr) -> None:
   loss = float(metrics['loss'])
   if not np.isfinite(loss):
+    last = mngr.latest_step()
+    kept = (f'The last good checkpoint (step {last}) in {mngr.directory} is kept' if last is not None
+            else 'No checkpoint was saved yet, so the next run starts again from step 0')
     raise FloatingPointError(
-        f'Loss is {loss} at step {step}: training diverged. The last good checkpoint '
-        f'(step {mngr.latest_step()}) in {mngr.directory} is kept; lower train.learning_rate '
-        'or set train.grad_clip, then run again to resume from it.')
+        f'Loss is {loss} at step {step}: training diverged. {kept}; lower train.learning_rate '
+        'or set train.grad_clip, then run again.')
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -26,50 +40,97 @@ def _crossed(before: int, after: int, every: int) -> bool:
 def run(config, workdir: str):
   from_config.validate(config)
   evaluate.check_config(config.eval)
-  if files.is_writer():
-    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  data = dataset.load(config.data, 'train')
-  if files.is_writer():
-    files.write_json(os.path.join(workdir, 'data.json'),
-                     {'class_names': list(data.class_names), 'train_size': len(data.images)})
-  mesh = parallel.make_mesh()
-  parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
-  kwargs = from_config.state_kwargs(config, data.num_classes)
-  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints)
-  state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, **kwargs)
-  if int(state.step):
-    logging.info('Resuming from step %d in %s', int(state.step), mngr.directory)
-  logging.info('%s: %d parameters, %d training sprites, %d classes, %d devices',
-               config.model.name, state_lib.num_params(state.params), len(data.images),
-               data.num_classes, mesh.size)
-  state = _train_loop(config, workdir, state, data, kwargs['model'], kwargs['tx'], mngr, mesh)
-  params = state.ema_params if config.sample.use_ema else state.params
-  sample.run(config, workdir, params=params, step=int(state.step), class_names=data.class_names)
-  if config.eval.at_end:
-    evaluate.run(config, workdir, step=int(state.step), params=params)
+  with workdir_lock.hold(workdir):
+    data, mesh, kwargs, mngr, state = _prepare(config, workdir)
+    with preemption.StopOnSignal() as stop:
+      state = _train_loop(config, workdir, state, data, kwargs['model'], kwargs['tx'], mngr, mesh,
+                          stop)
+    if stop.received:
+      _say_how_to_resume(stop.received, int(state.step), mngr)
+      return state
+    params = state.ema_params if config.sample.use_ema else state.params
+    sample.run(config, workdir, params=params, step=int(state.step), class_names=data.class_names)
+    if config.eval.at_end:
+      evaluate.run(config, workdir, step=int(state.step), params=params)
   return state
 
 
-def _train_loop(config, workdir, state, data, model, tx, mngr, mesh):
+def _prepare(config, workdir: str):
+  """(data, mesh, state kwargs, checkpoint manager, state): every check, then the records."""
+  data = dataset.load(config.data, 'train')
+  drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)  # mix classes
+  if config.eval.at_end or config.train.eval_every:
+    dataset.check_split(config.data, 'test')  # before hours of training, not after
+  mesh = parallel.make_mesh()
+  parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
+  kwargs = from_config.state_kwargs(config, data.num_classes)
+  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every)
+  latest = mngr.latest_step()
+  _check_recorded_classes(workdir, data.class_names, latest is not None)
+  if latest is not None and latest > config.train.steps:
+    raise ValueError(
+        f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
+        f'{config.train.steps}: raise --config.train.steps to train on, use --mode=sample or '
+        '--mode=eval to use it as it is, or pass another --workdir.')
+  state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, set_aside=True, **kwargs)
+  if int(state.step):
+    logging.info('Resuming from step %d in %s', int(state.step), mngr.directory)
+  if files.is_writer():
+    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    files.write_json(os.path.join(workdir, 'data.json'),
+                     {'class_names': list(data.class_names), 'train_size': len(data.images)})
+  logging.info('%s: %d parameters, %d training sprites, %d classes, %d devices',
+               config.model.name, state_lib.num_params(state.params), len(data.images),
+               data.num_classes, mesh.size)
+  return data, mesh, kwargs, mngr, state
+
+
+def _check_recorded_classes(workdir: str, class_names, trained: bool) -> None:
+  """A workdir with checkpoints keeps the classes its data.json records (labels index them)."""
+  path = os.path.join(workdir, 'data.json')
+  if not trained or not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    recorded = json.load(f).get('class_names')
+  if recorded is not None and list(recorded) != list(class_names):
+    raise ValueError(
+        f'{workdir} was trained on classes {", ".join(recorded) or "(none)"} ({path}), but this '
+        f'config\'s data has {", ".join(class_names) or "(none)"}: use the data.* settings that '
+        'trained it, or another --workdir. Nothing in the workdir was changed.')
+
+
+def _say_how_to_resume(signal_name: str, step: int, mngr) -> None:
+  command = (f'python {shlex.join(sys.argv)}' if sys.argv and sys.argv[0].endswith('launch.py')
+             else 'the same command')
+  logging.warning('Stopped by %s at step %d; the checkpoint of step %d is saved in %s. To resume, '
+                  'run %s again.', signal_name, step, step, mngr.directory, command)
+
+
+def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
   kwargs = from_config.train_step_kwargs(config, data.num_classes, jax.default_backend())
+  step, total = int(state.step), config.train.steps
+  # A run resumed where another dispatch size left it must still land on train.steps exactly.
+  kwargs['steps_per_dispatch'] = math.gcd(kwargs['steps_per_dispatch'], total - step) or 1
   step_fn = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
   per_dispatch, train_cfg = kwargs['steps_per_dispatch'], config.train
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  step, total = int(state.step), train_cfg.steps
-  writer, progress = logs.Writer(workdir), logs.Progress(step, total, train_cfg.batch_size)
+  writer = logs.Writer(workdir, first_step=step)
+  progress = logs.Progress(step, total, train_cfg.batch_size)
   while step < total:
     state, metrics = step_fn(state, images, labels, key)
     before, step = step, step + per_dispatch
-    done = step >= total
+    done, stopping = step >= total, stop.requested(step)
     log, save = (_crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))
-    if log or save:
+    if log or save or stopping:
       metrics = jax.device_get(metrics)
       _check_finite(metrics, step, mngr)
       if log:
         writer.scalars(step, {**metrics, **progress.update(step, float(metrics['loss']))})
-      if save:
+      if save or stopping:
         checkpoints.save(mngr, step, state)
+    if stopping:
+      break
     if _crossed(before, step, train_cfg.sample_every) and not done:
       sample.run(config, workdir, params=state.ema_params, step=step,
                  class_names=data.class_names)

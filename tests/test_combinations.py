@@ -38,7 +38,7 @@ def _train_step(params, tx, opt_state, apply, batch, config, key):
 
   def loss_fn(p):
     return jnp.mean(losses.diffusion_loss(
-        model_fn=lambda x, t_: apply(p, x, t_, context), x0=x0, t=t, eps=eps,
+        model_fn=lambda x, t_, logsnr: apply(p, x, t_, context), x0=x0, t=t, eps=eps,
         logsnr_fn=from_config.logsnr_fn(config.diffusion), **from_config.loss_kwargs(config.diffusion)))
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, _ = tx.update(grads, opt_state, params)
@@ -48,7 +48,7 @@ def _train_step(params, tx, opt_state, apply, batch, config, key):
 @functools.lru_cache(maxsize=None)
 def _sampler(apply, sampler: str, prediction: str, num_classes: int):
   def run(params, keys, context, ts, logsnrs):
-    denoise = denoiser.make_denoiser(model_fn=lambda x, t, c: apply(params, x, t, c),
+    denoise = denoiser.make_denoiser(model_fn=lambda x, t, logsnr, c: apply(params, x, t, c),
                                      context=context, prediction=prediction, guidance=1.0)
     return samplers.sample(denoise=denoise, grid=(ts, logsnrs), keys=keys, shape=(16, 16, 3),
                            sampler=sampler, eta=1.0)

@@ -46,9 +46,9 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize('key, value, message', [
-    ('diffusion.schedule', 'cosinus', 'Unknown schedule'),
-    ('sample.sampler', 'plms', 'Unknown sampler'),
-    ('diffusion.prediction', 'score', 'Unknown prediction'),
+    ('diffusion.schedule', 'cosinus', 'Unknown diffusion.schedule'),
+    ('sample.sampler', 'plms', 'Unknown sample.sampler'),
+    ('diffusion.prediction', 'score', 'Unknown diffusion.prediction'),
     ('diffusion.loss_weighting', 'p2', 'Unknown diffusion.loss_weighting'),
     ('train.steps_per_dispatch', 7, 'multiple of train.steps_per_dispatch'),
     ('train.steps_per_dispatch', -1, 'multiple of train.steps_per_dispatch'),

@@ -103,7 +103,7 @@ def test_elbo_weight_uses_the_schedule_derivative():
   t = jnp.array([0.1, 0.5, 0.9])
   x0, eps = _data()
   x0, eps = x0[:3], eps[:3]
-  zero_model = lambda x, t_: jnp.zeros_like(x)  # eps_hat = 0: the loss is w * mean(eps^2)
+  zero_model = lambda x, t_, logsnr: jnp.zeros_like(x)  # eps_hat = 0: the loss is w * mean(eps^2)
   got = losses.diffusion_loss(model_fn=zero_model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
                               prediction='eps', weighting='elbo')
   h = 1e-3
@@ -116,7 +116,7 @@ def test_simple_weighting_is_plain_mse_on_the_target():
   logsnr_fn = schedules.linear(timesteps=500)
   x0, eps = _data()
   t = jnp.linspace(0.1, 0.9, 5)
-  model = lambda x, t_: x * 0.3
+  model = lambda x, t_, logsnr: x * 0.3
   got = losses.diffusion_loss(model_fn=model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
                               prediction='eps', weighting='simple')
   x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr_fn(t))

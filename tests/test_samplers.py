@@ -143,7 +143,7 @@ def test_movie_frames_start_from_noise_and_end_near_the_result():
 
 def test_guidance_combines_conditional_and_null_outputs():
   """With w, the output is (1 + w) f(c) - w f(0): checked on a model linear in the context."""
-  def model_fn(x, t, c):
+  def model_fn(x, t, logsnr, c):
     return x * 0 + c.sum(axis=1)[:, None, None, None] + 0.1
   logsnr_fn = schedules.cosine()
   ctx = jnp.array([[1.0, 0.0], [0.4, 0.6]])

@@ -11,9 +11,10 @@ where the context embedding multiplies and the time embedding is added
   sprite depend on its batch-mates, need running averages and mutable state, and differ
   between training (mixed noise levels) and sampling (one noise level per batch).
 """
-import jax
-import jax.numpy as jnp
+from typing import ClassVar
+
 import flax.linen as nn
+import jax.numpy as jnp
 
 GROUPS = 8
 
@@ -95,14 +96,17 @@ class UnetUp(nn.Module):
 class ContextUnet(nn.Module):
   """eps_theta(x, t, c): x [B, H, W, C] in [-1, 1] scale, t [B] in [0, 1], c [B, num_classes].
 
-  H must be a multiple of 4. The null context is the zero vector.
+  H must be a multiple of 4. The null context is the zero vector. No dropout: `train` is
+  accepted so that every model has one signature.
   """
+  noise_input: ClassVar[str] = 't'
   num_classes: int
   n_feat: int = 64
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, t, c):
+  def __call__(self, x, t, c, train: bool = False):
+    del train
     nf, dt, size, channels = self.n_feat, self.dtype, x.shape[1], x.shape[-1]
     x = x.astype(dt)
     x = ResidualConvBlock(nf, residual=True, dtype=dt, name='init_conv')(x)

@@ -46,9 +46,37 @@ def _prepared(data_cfg) -> tfds_builder.Sprites:
   return hosts.writer_first('dataset', lambda: _build(data_cfg))
 
 
+def _missing_split(b: tfds_builder.Sprites, split: str) -> str:
+  """Why the prepared dataset has no `split`, and what to do about it."""
+  name, cfg = f'{b.name}/{b.builder_config.name}', b.builder_config
+  if split == 'test':
+    why, fix = ((f'data.test_fraction={cfg.test_fraction} holds none out',
+                 'set --config.data.test_fraction=0.1 (the dataset is built again, once)')
+                if cfg.test_fraction == 0 else
+                ('all its sprites are variants of one group, and a group is never split',
+                 'add sprites that are not variants of each other'))
+    return (f'The dataset {name} has no `test` split: {why}. The evaluation (--mode=eval, and '
+            'eval.at_end or train.eval_every when training) compares samples with held-out '
+            f'sprites: {fix}, or train with --config.eval.at_end=False.')
+  if split == 'train':
+    return (f'The dataset {name} in {b.data_dir} has no `train` split: every sprite was held out '
+            '(builds before this version did so when all sprites were variants of one group). '
+            f'Delete {b.data_dir} so that it is built again.')
+  return f'The dataset {name} has no split {split!r}; it has: {", ".join(b.info.splits)}.'
+
+
+def check_split(data_cfg, split: str) -> None:
+  """Raise ValueError, saying why and what to do, if the configured dataset has no `split`."""
+  b = _prepared(data_cfg)
+  if split not in b.info.splits:
+    raise ValueError(_missing_split(b, split))
+
+
 def load(data_cfg, split: str = 'train') -> SpriteData:
   """The whole `split` of the configured source, built first if it is not prepared yet."""
   b = _prepared(data_cfg)
+  if split not in b.info.splits:
+    raise ValueError(_missing_split(b, split))
   source = b.as_data_source(split=split)
   records = source.__getitems__(list(range(len(source))))
   class_names = tuple(b.info.metadata['class_names'])
@@ -71,8 +99,17 @@ def to_uint8(x) -> np.ndarray:
 
 
 def context(labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """One-hot float32 context vectors; label -1 (or no classes) gives the null (zero) context."""
+  """One-hot float32 context vectors; label -1 (or no classes) gives the null (zero) context.
+
+  Raises ValueError for labels that are not a 1-D array of integers in [-1, num_classes).
+  """
   labels = np.asarray(labels)
+  if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+    raise ValueError(f'labels must be a 1-D array of integers, got {labels.dtype} '
+                     f'{list(labels.shape)}.')
+  if np.any((labels < -1) | (labels >= num_classes)):
+    raise ValueError(f'labels must be -1 (no class) or a class index below {num_classes}; got '
+                     f'values from {labels.min()} to {labels.max()}.')
   out = np.zeros((len(labels), max(num_classes, 1)), np.float32)
   valid = labels >= 0
   out[np.flatnonzero(valid), labels[valid]] = 1.0

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiments.data import palette
 from experiments.pictures import canvas
 
 
@@ -42,43 +43,14 @@ def to_rgba(images: np.ndarray, tolerance: int = 24) -> np.ndarray:
   return rgba
 
 
-def median_cut(pixels: np.ndarray, k: int) -> np.ndarray:
-  """<= k colors (float [k, 3]): split the box of widest channel range at its median, k - 1 times."""
-  boxes = [pixels.astype(np.float64)]
-  while len(boxes) < k:
-    ranges = [np.ptp(b, axis=0).max() if len(b) > 1 else -1.0 for b in boxes]
-    widest = int(np.argmax(ranges))
-    if ranges[widest] <= 0:
-      break  # every box holds one color: fewer than k colors exist
-    box = boxes.pop(widest)
-    box = box[np.argsort(box[:, np.argmax(np.ptp(box, axis=0))], kind='stable')]
-    boxes += [box[:len(box) // 2], box[len(box) // 2:]]
-  return np.stack([b.mean(axis=0) for b in boxes])
-
-
-def _nearest(pixels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-  return np.argmin(((pixels[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
-
-
-def palette(pixels: np.ndarray, k: int, iterations: int = 10) -> np.ndarray:
-  """k-means colors (uint8 [<= k, 3]) of pixels [M, 3], started from median cut: deterministic."""
-  pixels = pixels.astype(np.float64)
-  centers = median_cut(pixels, k)
-  for _ in range(iterations):
-    nearest = _nearest(pixels, centers)
-    centers = np.stack([pixels[nearest == j].mean(0) if np.any(nearest == j) else c
-                        for j, c in enumerate(centers)])
-  return np.unique(np.clip(np.round(centers), 0, 255).astype(np.uint8), axis=0)
-
-
 def reduce_palette(rgba: np.ndarray, k: int) -> np.ndarray:
   """Every opaque pixel of every sprite mapped to one shared palette of <= k colors."""
   opaque = rgba[..., 3] > 0
   if k <= 0 or not np.any(opaque):
     return rgba
-  colors = palette(rgba[opaque][:, :3], k)
+  colors = palette.kmeans(rgba[opaque][:, :3], k)
   out = rgba.copy()
-  out[opaque, :3] = colors[_nearest(rgba[opaque][:, :3].astype(np.float64), colors.astype(np.float64))]
+  out[opaque, :3] = colors[palette.nearest(rgba[opaque][:, :3], colors)]
   return out
 
 

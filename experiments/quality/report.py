@@ -14,6 +14,44 @@ def caveats(report: dict) -> list[str]:
   return out
 
 
+# Below this held-out accuracy the feature network's class calls are too unreliable to say
+# whether a sample reads as the class it was asked for.
+TRUSTED_ACCURACY = 0.7
+RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
+
+
+def _closeness(ratio) -> str:
+  if ratio is None:
+    return 'no floor to compare with'
+  if ratio <= 1.2:
+    return 'as close to the held-out sprites as real sprites are'
+  return 'near real sprites' if ratio <= 1.5 else 'clearly off real sprites'
+
+
+def _class_words(acc: dict, net_accuracy) -> str | None:
+  if net_accuracy is None or acc['samples'] is None:
+    return None
+  if net_accuracy < TRUSTED_ACCURACY:
+    return (f'class: the feature network names only {100 * net_accuracy:.0f}% of real held-out '
+            'sprites right, too few to say whether samples read as their class')
+  return (f"class: {100 * acc['samples']:.0f}% of samples read as the class asked for, real "
+          f"held-out sprites {100 * acc['real_heldout']:.0f}%")
+
+
+def verdict(report: dict) -> list[str]:
+  """The report in words, each sentence only as strong as its numbers allow."""
+  fid, recall, mem = report['fid'], report['recall'], report['memorization']
+  varied = recall['floor'] - recall['samples'] <= RECALL_SLACK
+  out = [f"FID {fid['ratio'] or float('nan'):.2f}x the real-vs-real floor: {_closeness(fid['ratio'])}",
+         f"recall {recall['samples']:.2f} vs {recall['floor']:.2f} for real sprites: "
+         + ('as varied as real sprites' if varied else 'less varied than real sprites'),
+         _class_words(report['conditional_accuracy'], report['feature_net']['test_accuracy']),
+         f"copies: {100 * mem['samples']['exact_copy_rate']:.1f}% exact, "
+         f"{100 * mem['samples']['near_copy_rate']:.1f}% near (held-out real sprites: "
+         f"{100 * mem['real_heldout']['near_copy_rate']:.1f}% near)"]
+  return [line for line in out if line]
+
+
 def _pct(x) -> str:
   return '   n/a' if x is None else f'{100 * x:5.1f}%'
 
@@ -52,4 +90,5 @@ def summary(r: dict) -> str:
   sec = r['seconds']
   lines.append(f"cost {sec['total']:.1f} s: data {sec['data']:.1f}, sampling {sec['sampling']:.1f}, "
                f"feature net {sec['feature_net']:.1f}, metrics {sec['metrics']:.1f}")
+  lines += ['in words: ' + '; '.join(verdict(r)) + '.']
   return '\n'.join(lines + [f'warning: {w}' for w in r['warnings']])

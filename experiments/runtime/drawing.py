@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import denoiser, samplers
+from diffusion import denoiser, models, samplers
 from experiments.data import dataset
 from experiments.runtime import checkpoints, parallel, state as state_lib
 
@@ -47,7 +47,7 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
-        model_fn=lambda x, t, c: model.apply(params, x, t, c), context=context,
+        model_fn=models.network_fn(model, params), context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         threshold=s.threshold, percentile=s.percentile)
     return samplers.sample(denoise=denoise, grid=grid, keys=keys,
@@ -91,19 +91,45 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
         for f in ('x_t', 'x0')), np.asarray(first.step), np.asarray(first.t))
 
 
+MIX_EXAMPLE = "'food_drink:0.6,objects:0.4;0:0.5,1:0.5'"
+MIX_MAX_WEIGHT = 100.0  # the network saw one-hot contexts: far beyond 1 is noise, and float32 overflows
+
+
+def mix_weights(spec: str) -> list[list[tuple[str, float]]]:
+  """'food:0.6,spell:0.4;0:1' -> [[('food', 0.6), ('spell', 0.4)], [('0', 1.0)]], checked before
+  any class is known: every item CLASS or CLASS:WEIGHT, weights >= 0, each mix's total > 0."""
+  mixes = []
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    items = []
+    for item in part.split(','):
+      name, _, weight = (text.strip() for text in item.partition(':'))
+      try:
+        value = float(weight) if weight else 1.0
+      except ValueError:
+        value = float("nan")
+      if not name or not 0 <= value <= MIX_MAX_WEIGHT:  # also refuses nan
+        raise ValueError(f'sample.mix={spec!r}: {item.strip()!r} is not CLASS:WEIGHT (a class '
+                         f'name or index, a weight in [0, {MIX_MAX_WEIGHT:g}]), as in {MIX_EXAMPLE}.')
+      items.append((name, value))
+    if not sum(value for _, value in items) > 0:
+      raise ValueError(f'sample.mix={spec!r}: the weights of {part!r} are all 0.')
+    mixes.append(items)
+  return mixes
+
+
 def parse_mix(spec: str, class_names) -> list[np.ndarray]:
   """'food:0.6,spell:0.4;0:1' -> context vectors; classes by name or index."""
   vectors = []
-  for part in filter(None, (p.strip() for p in spec.split(';'))):
+  for items in mix_weights(spec):
     v = np.zeros(len(class_names), np.float32)
-    for item in part.split(','):
-      name, _, weight = item.partition(':')
-      name = name.strip()
-      k = int(name) if name.isdigit() else (class_names.index(name) if name in class_names else -1)
+    for name, weight in items:
+      index = name.isascii() and name.isdigit()  # not str.isdigit alone: it accepts '²'
+      k = int(name) if index else (class_names.index(name) if name in class_names else -1)
       if not 0 <= k < len(class_names):
-        raise ValueError(f'sample.mix: unknown class {name!r} in {part!r}; classes: '
-                         f'{", ".join(class_names)} (or their indices).')
-      v[k] += float(weight or 1.0)
+        raise ValueError(f'sample.mix: unknown class {name!r} in {spec!r}; classes: '
+                         f'{", ".join(class_names) or "none (an unconditional dataset)"} (or '
+                         'their indices).')
+      v[k] += weight
     vectors.append(v)
   return vectors
 
@@ -128,7 +154,7 @@ def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str],
   return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
 
 
-def output_name(step: int, sampler: str, steps: int, guidance: float) -> str:
-  """'step003500_ddpm200_g3': what drew a set of sprites, for its file names."""
-  suffix = f'_g{guidance:g}' if guidance else ''
+def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0) -> str:
+  """'step003500_ddpm200_g3[_p32]': what drew a set of sprites, for its file names."""
+  suffix = (f'_g{guidance:g}' if guidance else '') + (f'_p{palette}' if palette else '')
   return f'step{step:06d}_{sampler}{steps}{suffix}'

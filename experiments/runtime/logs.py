@@ -8,17 +8,47 @@ from absl import logging
 from experiments.runtime import files
 
 
-class Writer:
-  """Writes scalars from process 0 only; other processes get a writer that does nothing."""
+def drop_rows_after(path: str, step: int) -> int:
+  """Keep the rows of metrics.jsonl up to `step` (where a run resumes, so it writes the later ones
+  again) and drop unreadable ones (a run killed mid-write); returns how many were dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      if int(json.loads(line)['step']) <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  if len(kept) < len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(''.join(line + '\n' for line in kept))
+    os.replace(tmp, path)
+  return len(lines) - len(kept)
 
-  def __init__(self, workdir: str):
+
+class Writer:
+  """Writes scalars from process 0 only; other processes get a writer that does nothing.
+
+  A run that starts at `first_step` (a resume) first drops the rows logged after it, in
+  metrics.jsonl and in TensorBoard, so no step appears twice.
+  """
+
+  def __init__(self, workdir: str, first_step: int = 0):
     self._active = files.is_writer()
     self._jsonl = self._tb = None
     if self._active:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      dropped = drop_rows_after(path, first_step)
+      if dropped:
+        logging.info('Dropped %d rows of %s logged after step %d.', dropped, path, first_step)
+      self._jsonl = open(path, 'a', encoding='utf-8')
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=first_step + 1)
 
   def scalars(self, step: int, values: dict) -> None:
     if not self._active:

@@ -37,14 +37,15 @@ def create(*, model, tx, seed: int, image_size: int, num_classes: int, mesh) -> 
 
 
 def create_or_restore(*, model, tx, seed: int, image_size: int, num_classes: int, mesh, mngr,
-                      must_exist: bool = False) -> TrainState | None:
-  """The latest checkpoint of `mngr` restored replicated over `mesh`, or else `create`'s fresh
-  state; None instead when `must_exist` and there is no checkpoint."""
+                      must_exist: bool = False, set_aside: bool = False) -> TrainState | None:
+  """The latest checkpoint of `mngr` that passes its checks, restored replicated over `mesh`, or
+  else `create`'s fresh state; None instead when `must_exist` and there is no checkpoint.
+  `set_aside`: move damaged newer checkpoints out of the way (see checkpoints.restore_latest)."""
   rep = parallel.replicated(mesh)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
       jax.eval_shape(lambda: init(model, tx, init_key(seed), image_size, num_classes)))
-  state = checkpoints.restore_latest(mngr, abstract)
+  state = checkpoints.restore_latest(mngr, abstract, set_aside=set_aside)
   if state is not None or must_exist:
     return state
   return create(model=model, tx=tx, seed=seed, image_size=image_size, num_classes=num_classes,

@@ -2,14 +2,16 @@
 
 The whole training split lives on every device (sprites are tiny); step k's batch
 indices, times, noise and context dropout derive from fold_in(key, k) alone, so a resumed
-run repeats exactly what an uninterrupted one does, at any device count.
+run repeats exactly what an uninterrupted one does, at any device count. The network's own
+dropout (the UNet's) also folds in the device's place in the mesh: the same masks for the same
+device count, whether one process holds the devices or several.
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion import losses
+from diffusion import losses, models
 from experiments.runtime import parallel
 from experiments.runtime.state import TrainState, ema_decay
 
@@ -31,14 +33,17 @@ def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dic
   """train(state, images, labels, key) -> (state, metrics): `steps_per_dispatch` steps in one call."""
 
   def one_step(state: TrainState, images, labels, key):
-    k_batch, k_t, k_eps = jax.random.split(jax.random.fold_in(key, state.step), 3)
+    k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
     x0, context = _batch(images, labels, k_batch, batch_size, num_classes, cond_drop_rate, mesh)
     t = jax.random.randint(k_t, (batch_size,), 1, timesteps + 1).astype(jnp.float32) / timesteps
     eps = jax.random.normal(k_eps, x0.shape)
 
     def loss_fn(params, batch):  # one device's rows (parallel.mean_value_and_grad)
       x0, t, eps, context = batch
-      model_fn = lambda x, t_: model.apply(params, x, t_, context)
+      # Each device draws its own dropout masks: a key shared by all would repeat one mask.
+      key = jax.random.fold_in(k_dropout, jax.lax.axis_index('data'))
+      network = models.network_fn(model, params, train=True, dropout_key=key)
+      model_fn = lambda x, t_, logsnr: network(x, t_, logsnr, context)
       per_example = losses.diffusion_loss(model_fn=model_fn, x0=x0, t=t, eps=eps,
                                           logsnr_fn=logsnr_fn, **loss_kwargs)
       return jnp.mean(per_example)
@@ -56,7 +61,7 @@ def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dic
     if steps_per_dispatch == 1:
       return one_step(state, images, labels, key)
     # XLA:CPU runs convolution gradients inside loops ~15x slower than at top level (measured
-    # with jax 0.10.2), so fused steps pay off on accelerators only (recipe.steps_per_dispatch).
+    # with jax 0.10.2), so fused steps pay off on accelerators only (from_config.steps_per_dispatch).
     state, metrics = jax.lax.scan(lambda s, _: one_step(s, images, labels, key), state,
                                   length=steps_per_dispatch)
     return state, jax.tree.map(jnp.mean, metrics)

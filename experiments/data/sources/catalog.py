@@ -164,9 +164,10 @@ def in_test_split(group: str, test_fraction: float) -> bool:
 
 def split(sprites: list[Sprite], test_fraction: float) -> dict[str, list[Sprite]]:
   """{'train': [...], 'test': [...]} by group hash. With two groups or more, neither split is left
-  empty when test_fraction > 0: a tiny dataset still gets the lowest-scoring group as its test."""
+  empty when test_fraction > 0: a tiny dataset still gets the lowest-scoring group as its test.
+  A single group always trains (there is nothing to train on otherwise)."""
   groups = sorted({s.group for s in sprites}, key=_test_score)
-  test = {g for g in groups if in_test_split(g, test_fraction)}
+  test = {g for g in groups if in_test_split(g, test_fraction) and len(groups) > 1}
   if test_fraction > 0 and len(groups) > 1:
     test = (test or {groups[0]}) - ({groups[-1]} if len(test) == len(groups) else set())
   out = {'train': [], 'test': []}

@@ -22,9 +22,13 @@ def _load(folder: str, name: str) -> np.ndarray:
         f'Course data: {path} not found. Put the course files {IMAGES} and {LABELS} in one '
         f'folder and pass it as --config.data.manual_dir=FOLDER.')
   try:
-    return np.load(path, allow_pickle=False)
-  except ValueError as e:
+    array = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:  # not .npy, truncated, pickled objects
     raise ValueError(f'Course data: {path} is not a readable .npy array ({e}).') from e
+  if not isinstance(array, np.ndarray):  # an .npz archive under the .npy name
+    array.close()
+    raise ValueError(f'Course data: {path} is an .npz archive, not one .npy array.')
+  return array
 
 
 def load_arrays(folder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +44,7 @@ def load_arrays(folder: str) -> tuple[np.ndarray, np.ndarray]:
                      f'[N, {len(CLASS_NAMES)}] over {", ".join(CLASS_NAMES)}.')
   if len(onehot) != len(images):
     raise ValueError(f'Course data: {len(images)} images in {IMAGES} but {len(onehot)} labels '
-                     f'in {LABELS}; the two files must have one row per sprite.')
+                     f'in {LABELS} (in {folder}); the two files must have one row per sprite.')
   if not (np.all((onehot == 0) | (onehot == 1)) and np.all(onehot.sum(axis=1) == 1)):
     bad = int(np.flatnonzero(~np.all((onehot == 0) | (onehot == 1), axis=1) | (onehot.sum(1) != 1))[0])
     raise ValueError(f'Course data: {path} row {bad} is {onehot[bad].tolist()}; every row must be '

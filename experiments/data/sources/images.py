@@ -20,8 +20,20 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
   return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
+WIDE_GRAY = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # 16-bit grayscale PNGs open as these
+
+
 def to_rgba(image: Image.Image) -> np.ndarray:
-  return np.asarray(image.convert('RGBA'))
+  """uint8 [H, W, 4]. 16-bit grayscale is scaled to 8 bits (PIL's convert would clip it at 255:
+  white everywhere), its tRNS transparent value kept transparent."""
+  if image.mode not in WIDE_GRAY:
+    return np.asarray(image.convert('RGBA'))
+  values = np.asarray(image).astype(np.int64)
+  gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+  alpha = np.full_like(gray, 255)
+  if isinstance(image.info.get('transparency'), int):
+    alpha[values == image.info['transparency']] = 0
+  return np.stack([gray, gray, gray, alpha], axis=-1)
 
 
 def crop_square_to_content(rgba: np.ndarray, margin: float = 1 / 16) -> np.ndarray:
@@ -79,6 +91,8 @@ def fit_method(height: int, width: int, size: int) -> str:
   Raises ValueError, with the reason, for sprites that would be distorted (not square) or blurred
   (grown by a fraction).
   """
+  if height < 1 or width < 1:
+    raise ValueError(f'{width}x{height} is empty')
   if height != width:
     raise ValueError(f'{width}x{height} is not square')
   if height < size and size % height:

@@ -1,0 +1,134 @@
+"""The value checks of from_config.validate: one row per key with a range, and the model built once.
+
+A value out of range would otherwise be accepted silently (a negative learning rate makes the loss
+climb), fail hours later (sample.batch_size=0 at the end of training), or fail inside JAX, Flax or
+orbax with a message that names no key. Each row says what the key must be, in words.
+"""
+import math
+
+import jax
+import optax
+
+from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+
+SEED_LIMIT = 2**32  # jax.random.key and numpy generators take seeds below this
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _at_least(low):
+  return lambda x: _finite(x) and x >= low, f'>= {low}'
+
+
+def _above(low):
+  return lambda x: _finite(x) and x > low, f'> {low}'
+
+
+def _within(low, high, *, open_low=False, open_high=False):
+  def test(x):
+    return (_finite(x) and (x > low if open_low else x >= low)
+            and (x < high if open_high else x <= high))
+  return test, f'in {"(" if open_low else "["}{low}, {high}{")" if open_high else "]"}'
+
+
+_ANY_FINITE = (_finite, 'a finite number')
+_SEED = _within(0, SEED_LIMIT, open_high=True)
+_COUNT, _NATURAL, _POSITIVE = _at_least(1), _at_least(0), _above(0)
+
+RANGES = {
+    'seed': _SEED,
+    'data.tile_size': _NATURAL, 'data.test_fraction': _within(0, 1, open_high=True),
+    'model.n_feat': _COUNT, 'model.blocks': _COUNT, 'model.head_dim': _COUNT,
+    'model.dropout': _within(0, 1, open_high=True),
+    'diffusion.beta_start': _within(0, 1, open_low=True, open_high=True),
+    'diffusion.beta_end': _within(0, 1, open_low=True, open_high=True),
+    'diffusion.cosine_s': _within(0, 1), 'diffusion.sigmoid_tau': _within(0.01, 100),
+    'diffusion.sigmoid_start': _within(-50, 50), 'diffusion.sigmoid_end': _within(-50, 50),
+    'diffusion.sigma_min': _POSITIVE, 'diffusion.sigma_max': _POSITIVE,
+    'diffusion.rho': _within(0.1, 100), 'diffusion.shift': _within(-40, 40),
+    'diffusion.shift_t0': _within(-40, 40), 'diffusion.sigma_data': _POSITIVE,
+    'diffusion.min_snr_gamma': _POSITIVE, 'diffusion.sigmoid_bias': _ANY_FINITE,
+    'train.learning_rate': _POSITIVE, 'train.warmup_steps': _NATURAL,
+    'train.weight_decay': _NATURAL, 'train.grad_clip': _NATURAL,
+    'train.ema_halflife_kimg': _POSITIVE, 'train.ema_rampup': _NATURAL,
+    'train.log_every': _NATURAL, 'train.ckpt_every': _NATURAL, 'train.keep_checkpoints': _COUNT,
+    'train.keep_every': _NATURAL, 'train.sample_every': _NATURAL, 'train.eval_every': _NATURAL,
+    'sample.steps': _COUNT, 'sample.eta': _NATURAL, 'sample.guidance': _ANY_FINITE,
+    'sample.dynamic_percentile': _within(0, 1, open_low=True), 'sample.per_class': _COUNT,
+    'sample.seed': _SEED, 'sample.batch_size': _COUNT, 'sample.gif_frames': _NATURAL,
+    'sample.upscale': _COUNT, 'sample.sheet_colors': _NATURAL, 'sample.sheet_upscale': _COUNT,
+    'sample.sheet_key': _within(0, 255), 'sample.palette': _NATURAL,
+    'show.sprites': _COUNT, 'show.forward_frames': _COUNT, 'show.mix_rows': _COUNT,
+    'show.mix_steps': _at_least(2),
+    'runtime.cpu_devices': _NATURAL,
+    'eval.num_samples': _COUNT, 'eval.near_copy': _POSITIVE, 'eval.knn': _COUNT,
+    'eval.repeats': _COUNT, 'eval.seed': _SEED, 'eval.batch_size': _COUNT,
+    'eval.feature_steps': _COUNT, 'eval.feature_seed': _SEED, 'eval.nearest_shown': _NATURAL,
+}
+ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
+           ('diffusion.sigma_min', 'diffusion.sigma_max'),
+           ('diffusion.sigmoid_start', 'diffusion.sigmoid_end'))
+
+
+NAMES = {'model.name': models.MODELS, 'diffusion.schedule': schedules.SCHEDULES,
+         'diffusion.prediction': gaussian.PREDICTIONS, 'diffusion.loss_weighting': losses.WEIGHTINGS,
+         'sample.sampler': samplers.SAMPLERS, 'sample.clip_x0': denoiser.THRESHOLDS}
+
+
+def _has(config, key: str) -> bool:
+  section, _, name = key.rpartition('.')
+  return (not section or section in config) and name in (config[section] if section else config)
+
+
+def get(config, key: str):
+  section, _, name = key.rpartition('.')
+  return (config[section] if section else config)[name]
+
+
+def check_names(config) -> None:
+  """Raise ValueError naming the key whose value is not in its registry, with the valid ones."""
+  for key, valid in NAMES.items():  # tables list their names alphabetically, as registry.lookup
+    registry.check(get(config, key), sorted(valid) if isinstance(valid, dict) else valid, key)
+
+
+def check_values(config) -> None:
+  """Raise ValueError naming the first key of RANGES or ORDERED whose value is out of range."""
+  for key, (test, wanted) in RANGES.items():
+    if _has(config, key) and not test(get(config, key)):
+      raise ValueError(f'{key}={get(config, key)!r}: must be {wanted}.')
+  for low, high in ORDERED:
+    a, b = get(config, low), get(config, high)
+    if not (a < b or (a == b and low == 'diffusion.beta_start')):  # constant betas are fine
+      raise ValueError(f'{low}={a!r} must be below {high}={b!r}.')
+
+
+_BUILT: dict = {}  # (model section, image size) -> why it cannot be built ('' if it can)
+
+
+def _build_error(config) -> str:
+  """'' if the configured model can be built, else why not (traced only: no arrays allocated)."""
+  from experiments import from_config  # pylint: disable=import-outside-toplevel (a cycle otherwise)
+  from experiments.runtime import state  # pylint: disable=import-outside-toplevel
+  key = (repr(sorted(config.model.items())), config.data.image_size)
+  if key not in _BUILT:
+    model = from_config.model(config.model, 1)
+    try:
+      jax.eval_shape(lambda: state.init(model, optax.identity(), state.init_key(0),
+                                        config.data.image_size, 1))
+      _BUILT[key] = ''
+    except Exception as e:  # Flax and XLA raise many types for impossible widths; report any
+      lines = str(e).strip().splitlines()
+      _BUILT[key] = f'{type(e).__name__}: {lines[0] if lines else ""}'
+  return _BUILT[key]
+
+
+def check_model(config) -> None:
+  """Raise ValueError naming model.* when the configured model cannot be built (e.g. a width that
+  its GroupNorm cannot split), instead of failing inside Flax at the first step."""
+  why = _build_error(config)
+  if why:
+    raise ValueError(f'model.n_feat={config.model.n_feat} (model.name={config.model.name}, '
+                     f'data.image_size={config.data.image_size}): this model cannot be built '
+                     f'({why}).')

@@ -1,0 +1,132 @@
+"""The workdir: one run at a time, records written only once the checks pass, no duplicate metric
+rows, and every config or data check before the first step (none of these tests trains a step)."""
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from experiments import from_config, train
+from experiments.data.sources import emoji
+from experiments.runtime import checkpoints, logs, state as state_lib, workdir_lock
+
+
+def _trained_workdir(tmp_path, step=5, class_names=None):
+  """A trained workdir at `step`: a checkpoint (of a stand-in model) and the records."""
+  workdir = str(tmp_path / 'run')
+  tiny = {'kernel': np.ones((3, 3, 3, 8), np.float32)}  # no check here reads further than shapes
+  state = state_lib.TrainState(step=np.asarray(step, np.int32), params=tiny, ema_params=tiny,
+                               opt_state=())
+  checkpoints.save(checkpoints.manager(workdir, 2), step, state)
+  records = {'config.json': {'recorded': 'config'},
+             'data.json': {'class_names': class_names or list(emoji.CLASS_NAMES)}}
+  for name, value in records.items():
+    with open(os.path.join(workdir, name), 'w') as f:
+      json.dump(value, f)
+  return workdir
+
+
+def _records(workdir):
+  return [open(os.path.join(workdir, name)).read() for name in ('config.json', 'data.json')]
+
+
+def test_a_second_run_in_a_locked_workdir_is_refused_by_name(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  with workdir_lock.hold(workdir):
+    with pytest.raises(workdir_lock.WorkdirBusy,
+                       match=f'pid {os.getpid()} on host {socket.gethostname()}.*--workdir'):
+      train.run(tiny_config(data_dir), workdir)
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.NAME)), 'released on the way out'
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path, caplog):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  pid = int(dead.stdout)
+  os.makedirs(tmp_path / 'run')
+  with open(tmp_path / 'run' / workdir_lock.NAME, 'w') as f:
+    json.dump({'pid': pid, 'host': socket.gethostname(), 'command': 'killed'}, f)
+  with caplog.at_level(logging.WARNING):
+    with workdir_lock.hold(str(tmp_path / 'run')):
+      holder = json.load(open(tmp_path / 'run' / workdir_lock.NAME))
+  assert holder['pid'] == os.getpid()
+  assert any(f'left by pid {pid}' in r.getMessage() for r in caplog.records)
+
+
+def test_another_model_is_refused_before_the_records_are_touched(tmp_path, data_dir):
+  workdir = _trained_workdir(tmp_path)
+  before = _records(workdir)
+  with pytest.raises(ValueError, match='different model'):
+    train.run(tiny_config(data_dir, **{'model.n_feat': 16, 'train.steps': 10}), workdir)
+  assert _records(workdir) == before
+
+
+def test_other_classes_are_refused_before_the_records_are_touched(tmp_path, data_dir):
+  workdir = _trained_workdir(tmp_path, class_names=['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'])
+  before = _records(workdir)
+  with pytest.raises(ValueError, match='trained on classes a, b, c'):
+    train.run(tiny_config(data_dir), workdir)
+  assert _records(workdir) == before
+
+
+def test_train_steps_below_the_checkpoint_is_refused(tmp_path, data_dir):
+  workdir = _trained_workdir(tmp_path, step=5)
+  os.remove(os.path.join(workdir, 'data.json'))
+  with pytest.raises(ValueError, match=r'step 5, past train.steps=2.*--mode=sample'):
+    train.run(tiny_config(data_dir, **{'train.steps': 2}), workdir)
+
+
+def test_unknown_mix_class_and_a_missing_test_split_fail_before_the_first_step(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match="sample.mix: unknown class 'dragons'.*smileys_emotion"):
+    train.run(tiny_config(data_dir, **{'sample.mix': 'dragons:1'}), workdir)
+  config = tiny_config(data_dir, **{'data.test_fraction': 0.0, 'eval.at_end': True})
+  with pytest.raises(ValueError, match='data.test_fraction=0.0 holds none out'):
+    train.run(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+  assert not os.path.exists(os.path.join(workdir, 'config.json'))
+
+
+@pytest.mark.parametrize('key, value', [
+    ('sample.mix', 'food_drink:abc'), ('sample.mix', 'food_drink:5,objects:-3'),
+    ('sample.mix', ':0.5'), ('sample.mix', 'a:0,b:0'), ('sample.batch_size', 0),
+    ('train.learning_rate', -1e-3), ('train.learning_rate', float('nan')),
+    ('train.keep_every', -2), ('seed', -1), ('model.n_feat', 12),
+])
+def test_bad_values_are_refused_by_name_before_anything_runs(key, value):
+  config = tiny_config('unused')
+  section, _, name = key.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=key.replace('.', r'\.')):
+    from_config.validate(config)
+
+
+def test_a_resume_drops_the_metric_rows_logged_after_its_checkpoint(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    f.write(''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in range(1, 6)))
+    f.write('{"step": 6, "lo')  # a run killed in the middle of a row
+  assert logs.drop_rows_after(path, 3) == 3
+  assert [json.loads(line)['step'] for line in open(path)] == [1, 2, 3]
+
+
+def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
+       '--config.train.keep_checkpoints=0'], cwd=root, capture_output=True, text=True, check=False)
+  assert done.returncode == 1
+  assert 'Error: train.keep_checkpoints=0: must be >= 1' in done.stderr
+  assert 'Traceback' not in done.stderr
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+  mngr = checkpoints.manager(str(tmp_path), 2)
+  with pytest.raises(FloatingPointError, match='No checkpoint was saved yet') as error:
+    train._check_finite({'loss': float('nan')}, 7, mngr)  # pylint: disable=protected-access
+  assert 'None' not in str(error.value)
