@@ -1,4 +1,4 @@
-"""Sweeps: points x seeds, shards, resuming, and a table and charts that hold the eval files' numbers."""
+"""Sweeps: points x seeds, shards, resuming; a table and charts holding the eval files' numbers."""
 import csv
 import json
 import os
@@ -110,6 +110,7 @@ def test_shards_are_disjoint_deterministic_and_keep_shared_models_together(data_
       assert sum(map(len, shards)) == len(set().union(*shards)) == 12  # disjoint; the union all
   # Point 3 only samples differently: it shares point 1's models, so it needs no workdir.
   assert len({r.workdir for r in runs}) == 12
+  assert [sweep.models_per_step(k, b) for k, b in ((0, 'cpu'), (0, 'gpu'), (3, 'cpu'))] == [1, 0, 3]
   listing = sweep.describe(runs, plan.chunks(runs, 2), 2)
   assert listing.splitlines()[0] == '15 runs, 12 models in 7 training groups, 2 shard(s)'
   assert all(f'->  {r.workdir}' in listing for r in runs)
@@ -117,10 +118,11 @@ def test_shards_are_disjoint_deterministic_and_keep_shared_models_together(data_
 
 def test_seeds_and_shard_specs_are_checked(tmp_path, data_dir):
   path = tmp_path / 'seeded.py'
-  path.write_text('SEEDS = 3\nBASELINE = 1\n\ndef get_sweep():\n  return [{}, {"seed": 4}]\n')
+  head = 'SEEDS = 3\nBASELINE = 1\n\ndef get_sweep():\n'
+  path.write_text(head + '  return [{}, {"seed": 4}]\n')
   with pytest.raises(ValueError, match='seeds are an axis'):
     plan.load(str(path))
-  path.write_text('SEEDS = 3\nBASELINE = 1\n\ndef get_sweep():\n  return [{}, {"train.steps": 4}]\n')
+  path.write_text(head + '  return [{}, {"train.steps": 4}]\n')
   loaded = plan.load(str(path))
   assert (loaded.seeds, loaded.baseline, plan.load(str(path), seeds=5).seeds) == (3, 1, 5)
   runs = plan.expand(_config(data_dir), loaded, 'root')

@@ -47,7 +47,8 @@ def load(path: str, seeds: int = 0) -> Sweep:
   seeds = seeds or getattr(module, 'SEEDS', 1)
   baseline = getattr(module, 'BASELINE', 0)
   if any('seed' in p for p in points):
-    raise ValueError(f'{path}: a point sets `seed`; seeds are an axis of their own (SEEDS, --seeds).')
+    raise ValueError(f'{path}: a point sets `seed`; seeds are an axis of their own '
+                     '(SEEDS, --seeds).')
   if not points or seeds < 1 or not 0 <= baseline < len(points):
     raise ValueError(f'{path}: needs >= 1 point, SEEDS >= 1 and 0 <= BASELINE < {len(points)}.')
   return Sweep(points, seeds, baseline, getattr(module, 'BASE', {}))

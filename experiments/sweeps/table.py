@@ -105,15 +105,14 @@ def markdown(rows: list) -> str:
   lines = ['| point | seeds | ' + ' | '.join(heads) + ' |', '|---' * (len(heads) + 2) + '|']
   for row in rows:
     cells = [_cell(row[key]) for key, *_ in METRICS]
-    cells += [_cell(row[key]) for key in COSTS[:2]]
-    seen = row['images_seen']['mean']
-    cells.append('—' if math.isnan(seen) else f'{seen:,.0f}')
+    costs = [row[key]['mean'] for key in COSTS]  # means only: no one tests a cost against noise
+    cells += ['—' if math.isnan(c) else f'{c:{f}}' for c, f in zip(costs, ('.3g', '.3g', ',.0f'))]
     name = row['name'] + (' (baseline)' if row['baseline'] else '')
     lines.append(f"| {name} | {row['seeds']}/{row['of']} | " + ' | '.join(cells) + ' |')
   lines.append('\nmean ± half-width of the 95% Student-t interval over seeds; ≈: the interval '
                'overlaps the baseline\'s, so this point cannot be told apart from it at this many '
                'seeds. train min: wall time of the step that trained the run (together with the '
-               'other models of its group, see train_time.json).')
+               'other models of its group, see train_time.json); eval min: of its evaluation.')
   return '\n'.join(lines)
 
 

@@ -83,7 +83,7 @@ def train_group(configs, workdirs) -> list:
   states = [state_lib.create_or_restore(mesh=mesh, mngr=m, **k) for m, k in zip(mngrs, kwargs)]
   if len({int(s.step) for s in states}) > 1:
     raise ValueError(f'{workdirs}: members stand at different steps; train them apart.')
-  logging.info('Training %d models in one step from step %d: %s', len(configs),
+  logging.info('Training %d model(s) in one step from step %d: %s', len(configs),
                int(states[0].step), ', '.join(workdirs))
   states = _loop(configs, workdirs, states, data, kwargs[0]['model'], mngrs, mesh)
   for config, workdir, state in zip(configs, workdirs, states):
