@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import evaluate
-from experiments.runtime import checkpoints, logs, parallel
+from experiments.runtime import checkpoints, files, logs, parallel
 from experiments.sweeps import plan, report, table, training
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
@@ -108,8 +108,8 @@ def main(argv):
     if config.runtime.compile_cache:
       jax.config.update('jax_compilation_cache_dir', os.path.join(_ROOT.value, '.jax_cache'))
     execute(runs, pieces, shard)
-  rows = report.write(folder, runs, sweep, name)
-  print(table.markdown(rows))
+  if files.is_writer():
+    print(table.markdown(report.write(folder, runs, sweep, name)))
 
 
 if __name__ == '__main__':
