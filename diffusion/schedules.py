@@ -111,9 +111,12 @@ def interpolated_cosine(*, shift: float = 0.0, shift_t0: float = 0.0) -> LogSNR:
 def rescale_zero_terminal_snr(logsnr_fn: LogSNR) -> LogSNR:
   """Lin et al. 2024: shift and scale sqrt(alpha_bar) so that it is 0 at t=1, unchanged at t=0."""
   root = lambda t: jnp.sqrt(jax.nn.sigmoid(logsnr_fn(t)))
-  root0, root1 = root(jnp.float32(0)), root(jnp.float32(1))
 
   def logsnr(t):
+    # The ends in t's own dtype: under jax_enable_x64 a float32 root1 would leave r at t = 1 a
+    # rounding error below 0 (log -> nan) instead of exactly 0.
+    t = jnp.asarray(t)
+    root0, root1 = root(jnp.zeros((), t.dtype)), root(jnp.ones((), t.dtype))
     r = (root(t) - root1) * root0 / (root0 - root1)
     return 2 * jnp.log(r) - jnp.log1p(-r * r)
   return logsnr

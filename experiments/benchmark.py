@@ -4,6 +4,7 @@
   python -m experiments.benchmark --quick         # a few steps of each: CPU / CI friendly
   python -m experiments.benchmark --quick --peer=../shared/bench/ref_torch.py --peer_python=python
   python -m experiments.benchmark --what=train100 --peer=...   # only the course setting, both sides
+  python -m experiments.benchmark --what=models --models=1,2,4,8  # k models in one vmapped step
 
 With --peer, the PyTorch peer runs in the same invocation on the same machine and ratio
 lines (this project / peer) follow. Every line names the device, the jax version and the
@@ -23,13 +24,15 @@ from absl import app, flags
 
 from configs import sprites
 from experiments import from_config
-from experiments.runtime import drawing, parallel, state as state_lib, train_step
+from experiments.runtime import drawing, multi_train, parallel, state as state_lib, train_step
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Few steps and 16 sprites: a CPU-friendly check.')
 _WHAT = flags.DEFINE_list('what', ['train', 'sample', 'first_step'],
-                          'Which figures to measure: train, sample, first_step, or train100 alone '
-                          '(the course setting, batch 100 fp32, 30 steps on CPU, 300 otherwise; '
-                          'the peer then runs its own train100 mode).')
+                          'Which figures to measure: train, sample, first_step, models (k models '
+                          'in one vmapped step, the cpu preset\'s model and batch), or train100 '
+                          'alone (the course setting, batch 100 fp32, 30 steps on CPU, 300 '
+                          'otherwise; the peer then runs its own train100 mode).')
+_MODELS = flags.DEFINE_list('models', ['1', '2', '4'], 'With --what=models: the k to measure.')
 _PEER = flags.DEFINE_string('peer', '', 'Path of the PyTorch peer (ref_torch.py) to run alongside.')
 _PEER_PYTHON = flags.DEFINE_string('peer_python', sys.executable, 'Python that has torch.')
 _CPU_DEVICES = flags.DEFINE_integer(
@@ -72,31 +75,67 @@ def train_speed(config, label: str, steps: int, per_dispatch: int, num_classes: 
   kwargs['steps_per_dispatch'] = per_dispatch
   step = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
   batch = config.train.batch_size
-  size = config.data.image_size
-  rng = np.random.default_rng(0)
-  data = parallel.put_replicated((rng.integers(0, 256, (4096, size, size, 3), dtype=np.uint8),
-                                  rng.integers(0, num_classes, 4096).astype(np.int32)), mesh)
-  state = state_lib.create(model=model, tx=tx, seed=0, image_size=size, num_classes=num_classes,
-                           mesh=mesh)
-  key = jax.random.key(1)
-  start = time.perf_counter()
-  state, metrics = step(state, *data, key)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - start
-  state, metrics = step(state, *data, key)  # one more warm-up call
-  jax.block_until_ready(metrics)
+  state = state_lib.create(model=model, tx=tx, seed=0, image_size=config.data.image_size,
+                           num_classes=num_classes, mesh=mesh)
   calls = max(steps // per_dispatch, 1)
-  start = time.perf_counter()
-  for _ in range(calls):
-    state, metrics = step(state, *data, key)
-  jax.block_until_ready(metrics)
-  seconds = time.perf_counter() - start
+  compile_s, seconds, metrics = _timed(step, state, _synthetic(config, num_classes, mesh),
+                                       jax.random.key(1), calls=calls)
   return emit({'what': 'train', 'model': label, 'n_feat': config.model.n_feat,
                'batch': batch, 'dtype': config.model.dtype,
                'steps_per_dispatch': per_dispatch, 'steps': calls * per_dispatch,
                'img_per_s': calls * per_dispatch * batch / seconds,
                'step_ms': 1e3 * seconds / (calls * per_dispatch), 'first_call_s': compile_s,
                'loss': float(metrics['loss']), 'peak_memory_mb': peak_memory_mb()})
+
+
+def _synthetic(config, num_classes: int, mesh):
+  """4,096 random sprites and labels, replicated (speed does not depend on pixel values)."""
+  size, rng = config.data.image_size, np.random.default_rng(0)
+  return parallel.put_replicated((rng.integers(0, 256, (4096, size, size, 3), dtype=np.uint8),
+                                  rng.integers(0, num_classes, 4096).astype(np.int32)), mesh)
+
+
+def _timed(step, state, data, *args, calls: int):
+  """(seconds of the first call, seconds of `calls` calls after one more warm-up, metrics)."""
+  start = time.perf_counter()
+  state, metrics = step(state, *data, *args)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - start
+  state, metrics = step(state, *data, *args)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(calls):
+    state, metrics = step(state, *data, *args)
+  jax.block_until_ready(metrics)
+  return compile_s, time.perf_counter() - start, metrics
+
+
+def models_speed(config, models: int, steps: int, per_dispatch: int, num_classes: int) -> dict:
+  """k models (seeds 0..k-1) trained as one vmapped step (runtime/multi_train.py): models x
+  images/s is the figure to compare with k = 1."""
+  mesh = parallel.make_mesh()
+  configs = [config.copy_and_resolve_references() for _ in range(models)]
+  for seed, c in enumerate(configs):
+    c.seed = seed
+  model = from_config.model(config.model, num_classes)
+  kwargs = {**from_config.multi_train_kwargs(configs, num_classes, jax.default_backend()),
+            'steps_per_dispatch': per_dispatch}
+  step = multi_train.make(model=model, mesh=mesh, **kwargs)
+  states = multi_train.stack([state_lib.create(
+      model=model, tx=kwargs['unit_tx'], seed=c.seed, image_size=config.data.image_size,
+      num_classes=num_classes, mesh=mesh) for c in configs], mesh)
+  settings = multi_train.stack([from_config.member_settings(c) for c in configs], mesh)
+  calls = max(steps // per_dispatch, 1)
+  compile_s, seconds, _ = _timed(step, states, _synthetic(config, num_classes, mesh),
+                                 multi_train.train_keys(list(range(models)), mesh), settings,
+                                 calls=calls)
+  images = calls * per_dispatch * config.train.batch_size * models
+  return emit({'what': 'train_models', 'models': models, 'n_feat': config.model.n_feat,
+               'batch': config.train.batch_size, 'steps_per_dispatch': per_dispatch,
+               'steps': calls * per_dispatch, 'model_img_per_s': images / seconds,
+               'img_per_s_each': images / seconds / models,
+               'step_ms': 1e3 * seconds / (calls * per_dispatch), 'first_call_s': compile_s,
+               'peak_memory_mb': peak_memory_mb()})
 
 
 def sample_speed(config, sampler: str, steps: int, n: int) -> dict:
@@ -201,10 +240,10 @@ def main(argv):
   del argv
   # The peer runs first, before JAX claims the accelerator's memory, and so whatever cuts
   # our part short, its figures are there.
-  unknown = set(_WHAT.value) - {'train', 'sample', 'first_step', 'train100'}
+  unknown = set(_WHAT.value) - {'train', 'sample', 'first_step', 'models', 'train100'}
   if unknown or ('train100' in _WHAT.value and len(_WHAT.value) > 1):
     raise app.UsageError(f'--what={",".join(_WHAT.value)}: pick from train, sample, first_step, '
-                         'or train100 on its own.')
+                         'models, or train100 on its own.')
   only_train100 = _WHAT.value == ['train100']
   mode = 'train100' if only_train100 else 'small' if _QUICK.value else ''
   peer = run_peer(_PEER.value, _PEER_PYTHON.value, mode) if _PEER.value else []
@@ -218,6 +257,10 @@ def main(argv):
   if 'train' in _WHAT.value:
     for config, label, steps, classes, k in _train_settings(quick, accelerator, per_dispatch):
       ours.append(train_speed(config, label, steps, k if steps >= k else 1, classes))
+  if 'models' in _WHAT.value:
+    for k in map(int, _MODELS.value):
+      ours.append(models_speed(sprites.get_config('cpu'), k, 10 if quick else 100, per_dispatch,
+                               8))
   if 'sample' in _WHAT.value:
     n = 16 if quick else 1000
     course = _course_config(n, 'float32')

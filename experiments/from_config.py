@@ -5,13 +5,14 @@ numbers. `validate` runs before any data is built or any array allocated, so a b
 (unknown schedule, impossible combination) fails in the first second with its key named.
 """
 import inspect
+import json
 
 import jax.numpy as jnp
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
 from experiments import config_checks
-from experiments.runtime import drawing
+from experiments.runtime import drawing, multi_train
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 LR_SCHEDULES = ('constant', 'linear', 'cosine')
@@ -150,3 +151,47 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
       sigma_data=diffusion.sigma_data, sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
       guidance=sample.guidance if guidance is None else guidance, threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size)
+
+
+# Models whose configs differ only in these keys (and in sample.* / eval.*) train as one vmapped
+# step (runtime/multi_train.py); any other key changes a shape or a code path.
+VALUE_KEYS = ('seed', 'train.learning_rate', 'train.ema_halflife_kimg', 'train.ema_rampup',
+              'diffusion.cond_drop_rate', 'diffusion.sigma_data', 'diffusion.min_snr_gamma',
+              'diffusion.sigmoid_bias')
+
+
+def shared_training(config) -> str:
+  """What models must have in common to train together, as a string: the config less
+  VALUE_KEYS and the sample / eval sections."""
+  d = config.to_dict()
+  for section in ('sample', 'eval'):
+    d.pop(section)
+  for key in VALUE_KEYS:
+    section, _, name = key.rpartition('.')
+    (d[section] if section else d).pop(name)
+  return json.dumps(d, sort_keys=True, default=str)
+
+
+def member_settings(config) -> multi_train.Settings:
+  diffusion, train = config.diffusion, config.train
+  return multi_train.Settings(
+      learning_rate=train.learning_rate, ema_halflife_kimg=train.ema_halflife_kimg,
+      ema_rampup=train.ema_rampup, cond_drop_rate=diffusion.cond_drop_rate,
+      sigma_data=diffusion.sigma_data, min_snr_gamma=diffusion.min_snr_gamma,
+      sigmoid_bias=diffusion.sigmoid_bias)
+
+
+def multi_train_kwargs(configs, num_classes: int, backend: str) -> dict:
+  """The keywords of runtime.multi_train.make except model and mesh, for configs that differ
+  only in VALUE_KEYS (ValueError otherwise)."""
+  if len({shared_training(c) for c in configs}) > 1:
+    raise ValueError('Models trained in one step may differ only in '
+                     f'{", ".join(VALUE_KEYS)} (and sample.*, eval.*).')
+  config = configs[0]
+  unit = config.train.copy_and_resolve_references()
+  unit.learning_rate = 1.0  # each model scales the updates by its own peak (multi_train.scaled)
+  diffusion = config.diffusion
+  return dict(unit_tx=optimizer(unit), logsnr_fn=logsnr_fn(diffusion),
+              prediction=diffusion.prediction, weighting=diffusion.loss_weighting,
+              timesteps=diffusion.timesteps, batch_size=config.train.batch_size,
+              num_classes=num_classes, steps_per_dispatch=steps_per_dispatch(config.train, backend))

@@ -114,7 +114,7 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
   step_fn = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
   per_dispatch, train_cfg = kwargs['steps_per_dispatch'], config.train
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
-  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  key = state_lib.train_key(config.seed)
   writer = logs.Writer(workdir, first_step=step)
   progress = logs.Progress(step, total, train_cfg.batch_size)
   while step < total:

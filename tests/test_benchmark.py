@@ -3,6 +3,8 @@ import json
 import math
 import sys
 
+import pytest
+
 from conftest import tiny_config
 from experiments import benchmark
 
@@ -41,3 +43,11 @@ def test_peer_runs_in_the_mode_asked_for(tmp_path, capsys):
   assert lines == [{'what': 'train', 'mode': ['train100']}]  # non-JSON lines dropped
   assert json.loads(capsys.readouterr().out)['impl'] == 'torch-peer'
   assert benchmark.run_peer(str(script), sys.executable, '')[0]['mode'] == []
+
+
+def test_models_figure_counts_every_model(data_dir):
+  config = tiny_config(data_dir)
+  config.train.batch_size = 8
+  line = benchmark.models_speed(config, models=2, steps=2, per_dispatch=1, num_classes=3)
+  assert line['models'] == 2 and line['steps'] == 2
+  assert line['model_img_per_s'] == pytest.approx(2 * line['img_per_s_each'])

@@ -1,53 +1,156 @@
-"""Sweeps: overrides checked up front, one training per distinct model, a table from eval.json."""
+"""Sweeps: points x seeds, shards, resuming; a table and charts holding the eval files' numbers."""
+import csv
 import json
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import tiny_config
-from experiments import sweep
+from experiments import evaluate, sweep
+from experiments.pictures import charts
+from experiments.sweeps import plan, report, table, training
 
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.num_samples': 16,
          'eval.nearest_shown': 4, 'sample.gif': False, 'sample.sheet': False}
+# Points 0 and 1 differ only in sampling, so they share the models of each seed; point 2 differs
+# only in a number, so all four models can train in one vmapped step (here in pieces of 2).
+POINTS = [{'sample.steps': 4}, {'sample.steps': 2}, {'train.learning_rate': 5e-4}]
 
 
 def _config(data_dir):
-  config = tiny_config(data_dir)
-  for key, value in QUICK.items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
+  return tiny_config(data_dir, **QUICK)
 
 
-def test_sampling_only_overrides_share_one_trained_model(tmp_path, data_dir):
-  base = _config(data_dir)
-  runs = [{'sample.steps': 2}, {'sample.steps': 3}, {'diffusion.prediction': 'v'}]
-  rows = []
-  for overrides in runs:
-    config = sweep.apply(base, overrides)
-    workdir = str(tmp_path / sweep.train_slug(overrides))
-    sweep.run_one(config, workdir)
-    rows.append(sweep.row(overrides, config, workdir))
-  assert sorted(os.listdir(tmp_path)) == ['base', 'diffusion.prediction=v']
-  # Trained once: one metrics line per step, not two runs' worth.
-  lines = open(tmp_path / 'base' / 'metrics.jsonl').read().splitlines()
-  assert [json.loads(l)['step'] for l in lines] == [1, 2]
-  evaluated = sorted(os.listdir(tmp_path / 'base' / 'eval'))
-  assert evaluated == [f'step000002_ddim{n}{suffix}' for n in (2, 3)
-                       for suffix in ('.json', '_nearest.png', '_samples.npz')]
-  assert all(r['samples'] == 16 and r['fid'] > 0 for r in rows)
-  table = sweep.markdown(rows)
-  assert 'sample.steps=3' in table and 'diffusion.prediction=v' in table
+def _chart_data(path):
+  return json.loads(Image.open(path).text[charts.DATA_KEY])
+
+
+def _trained(runs):
+  return {r.workdir for r in runs if sweep.latest_step(r.workdir) > 0}
+
+
+def test_sweep_in_shards_resumes_and_tabulates_what_the_eval_files_say(tmp_path, data_dir,
+                                                                       monkeypatch):
+  swp = plan.Sweep(POINTS, seeds=2, baseline=0)
+  runs = plan.expand(_config(data_dir), swp, str(tmp_path))
+  pieces = plan.chunks(runs, models_per_step=2)
+  assert [len(p) for p in pieces] == [2, 2]
+  sweep.execute(runs, pieces, (0, 2))  # shard 0 of 2: the models of points 0 and 1
+  first = _trained(runs)
+  assert first == {r.workdir for r in runs if r.point < 2} and len(first) == 2
+
+  real_evaluate, calls = evaluate.run, []
+
+  def interrupted(*args, **kwargs):  # shard 1 stops after its first evaluation
+    if calls:
+      raise KeyboardInterrupt
+    calls.append(args[1])
+    return real_evaluate(*args, **kwargs)
+  monkeypatch.setattr(evaluate, 'run', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.execute(runs, pieces, (1, 2))
+  assert _trained(runs) - first == {r.workdir for r in runs if r.point == 2}  # disjoint shards
+  partial = report.write(str(tmp_path), runs, swp, 'test')  # --table_only: what has finished
+  assert [row['seeds'] for row in partial] == [2, 2, 1]
+
+  # The rerun trains nothing and evaluates only the missing run.
+  trained, evaluated = [], []
+  monkeypatch.setattr(training, 'train_group', lambda *a: trained.append(a))
+  monkeypatch.setattr(evaluate, 'run', lambda c, w: evaluated.append(w) or real_evaluate(c, w))
+  sweep.execute(runs, pieces)
+  assert trained == [] and len(evaluated) == 1 and evaluated[0] != calls[0]
+  for workdir in first:  # trained once: one metrics line per step
+    lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+    assert [json.loads(l)['step'] for l in lines] == [1, 2]
+    assert json.load(open(os.path.join(workdir, training.TIME_FILE)))['models'] == 2
+
+  rows = report.write(str(tmp_path), runs, swp, 'test')
+  _check_against_eval_files(tmp_path, runs, rows)
+
+
+def _check_against_eval_files(folder, runs, rows):
+  fid = {p: [json.load(open(table.eval_path(r)))['fid']['samples'] for r in runs if r.point == p]
+         for p in range(len(POINTS))}
+  assert len({tuple(v) for v in fid.values()}) == 3  # every point its own numbers
+  results = json.load(open(folder / 'results.json'))
+  by_csv = list(csv.DictReader(open(folder / 'results.csv')))
+  drawn = _chart_data(folder / 'metrics.png')['panels'][0]
+  assert drawn['title'].startswith('FID ')
+  for p, values in fid.items():
+    assert results['points'][p]['fid']['values'] == values
+    assert rows[p]['seeds'] == 2
+    np.testing.assert_allclose(float(by_csv[p]['fid']), np.mean(values))
+    np.testing.assert_allclose(drawn['means'][p], np.mean(values))
+    assert drawn['values'][p] == values
+    mean, half = table.interval(values)
+    assert f'{mean:.3g} ± {half:.2g}' in open(folder / 'results.md').read()
+  steps = _chart_data(folder / 'steps.png')['lines']['base']
+  assert steps['steps'] == [2, 4]
+  np.testing.assert_allclose(steps['FID / floor ↓'][0], [rows[1]['fid_ratio']['mean'],
+                                                         rows[0]['fid_ratio']['mean']])
+  assert _chart_data(folder / 'samples.png')['rows'] == ['steps=4', 'steps=2',
+                                                         'learning_rate=0.0005']
+  assert not os.path.exists(folder / 'schedules.png')  # one schedule: nothing to compare
+
+
+def test_shards_are_disjoint_deterministic_and_keep_shared_models_together(data_dir):
+  points = [{'diffusion.schedule': s} for s in ('linear', 'cosine', 'edm')]
+  points += [{'diffusion.schedule': 'cosine', 'sample.steps': 7},
+             {'diffusion.schedule': 'cosine', 'train.learning_rate': 1e-4}]
+  runs = plan.expand(_config(data_dir), plan.Sweep(points, 3, 0), '/nowhere')
+  for per_step in (0, 1, 2):
+    pieces = plan.chunks(runs, per_step)
+    for count in (1, 2, 3, 5):
+      owner = plan.shard_of(pieces, count)
+      assert owner == plan.shard_of(plan.chunks(runs, per_step), count)
+      assert set(owner) == {r.workdir for r in runs} and set(owner.values()) <= set(range(count))
+      shards = [{r.workdir for r in runs if owner[r.workdir] == i} for i in range(count)]
+      assert sum(map(len, shards)) == len(set().union(*shards)) == 12  # disjoint; the union all
+  # Point 3 only samples differently: it shares point 1's models, so it needs no workdir.
+  assert len({r.workdir for r in runs}) == 12
+  assert [sweep.models_per_step(k, b) for k, b in ((0, 'cpu'), (0, 'gpu'), (3, 'cpu'))] == [1, 0, 3]
+  listing = sweep.describe(runs, plan.chunks(runs, 2), 2)
+  assert listing.splitlines()[0] == '15 runs, 12 models in 7 training groups, 2 shard(s)'
+  assert all(f'->  {r.workdir}' in listing for r in runs)
+
+
+def test_seeds_and_shard_specs_are_checked(tmp_path, data_dir):
+  path = tmp_path / 'seeded.py'
+  head = 'SEEDS = 3\nBASELINE = 1\n\ndef get_sweep():\n'
+  path.write_text(head + '  return [{}, {"seed": 4}]\n')
+  with pytest.raises(ValueError, match='seeds are an axis'):
+    plan.load(str(path))
+  path.write_text(head + '  return [{}, {"train.steps": 4}]\n')
+  loaded = plan.load(str(path))
+  assert (loaded.seeds, loaded.baseline, plan.load(str(path), seeds=5).seeds) == (3, 1, 5)
+  runs = plan.expand(_config(data_dir), loaded, 'root')
+  assert [(r.point, r.seed, r.config.seed) for r in runs][:4] == [(0, 0, 0), (0, 1, 1),
+                                                                   (0, 2, 2), (1, 0, 0)]
+  assert runs[4].workdir == os.path.join('root', 'seed=1,train.steps=4')
+  assert plan.parse_shard('2/3') == (2, 3) and plan.parse_shard('') == (0, 1)
+  for bad in ('3/3', '1', 'a/b', '-1/2'):
+    with pytest.raises(ValueError, match='--shard'):
+      plan.parse_shard(bad)
+
+
+def test_interval_is_student_t_and_overlap_means_within_noise():
+  mean, half = table.interval([1.0, 2.0, 3.0])
+  assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / np.sqrt(3), rel=1e-3)
+  assert np.isnan(table.interval([5.0])[1])
+  assert table.compare(2.0, 0.5, 3.0, 0.6) == 'within noise'
+  assert table.compare(2.0, 0.5, 3.2, 0.6) == 'different'
+  assert table.compare(2.0, float('nan'), 3.0, 0.6) == ''
 
 
 def test_unknown_override_fails_before_any_run(data_dir):
   with pytest.raises(KeyError, match='diffusion.schedul'):
-    sweep.apply(_config(data_dir), {'diffusion.schedul': 'cosine'})
+    plan.apply(_config(data_dir), {'diffusion.schedul': 'cosine'})
 
 
 def test_sweep_files_load_and_apply(data_dir):
   base = _config(data_dir)
   for name in ('schedules', 'predictions', 'samplers'):
     path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sweeps', f'{name}.py')
-    for overrides in sweep.load_sweep(path):
-      sweep.apply(base, overrides)
+    plan.expand(base, plan.load(path), 'root')

@@ -16,7 +16,8 @@ classes or mixes) plus a learned null embedding weighted by 1 - sum(context), so
 all-zero context of classifier-free guidance has a vector of its own. Downsampling is a
 2x2 average pool, as in EDM2 (Karras et al. 2024, "Analyzing and Improving the Training
 Dynamics of Diffusion Models"): no parameters, and on XLA:CPU a train step costs the same
-as with a strided conv; upsampling is nearest neighbour then a 3x3 conv, which has no checkerboard artefacts.
+as with a strided conv. Upsampling is nearest neighbour then a 3x3 conv, which has no
+checkerboard artefacts.
 """
 import math
 from typing import ClassVar

@@ -87,3 +87,19 @@ class Progress:
                  duration(eta))
     self._step, self._time = step, now
     return {'img_per_s': rate}
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
+  EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry')
+
+  def filter(self, record):
+    if not any(part in record.pathname for part in self.NOISY):
+      return True
+    return record.levelno >= logging.logging.WARNING and not str(record.msg).startswith(self.EXPECTED)
+
+
+def quiet_libraries() -> None:
+  """Keep routine absl lines of orbax, TFDS and JAX (saves, reads, cache writes) out of the log."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())

@@ -26,8 +26,13 @@ def init(model, tx: optax.GradientTransformation, key: jax.Array, image_size: in
 
 
 def init_key(seed: int) -> jax.Array:
-  """The key of the initial parameters; the training batches use fold_in(key(seed), 1)."""
+  """The key of the initial parameters; the training batches use train_key(seed)."""
   return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def train_key(seed: int) -> jax.Array:
+  """The key of the training batches: step k uses fold_in(train_key(seed), k)."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
 
 
 def create(*, model, tx, seed: int, image_size: int, num_classes: int, mesh) -> TrainState:
@@ -60,8 +65,8 @@ def ema_decay(step: jax.Array, batch_size: int, halflife_kimg: float, rampup: fl
   """
   seen = (step.astype(jnp.float32) + 1) * batch_size
   halflife = halflife_kimg * 1000.0
-  if rampup > 0:
-    halflife = jnp.minimum(halflife, seen * rampup)
+  # jnp.where, not `if`: rampup may be traced (one value per model in runtime/multi_train.py).
+  halflife = jnp.where(rampup > 0, jnp.minimum(halflife, seen * rampup), halflife)
   return 0.5 ** (batch_size / jnp.maximum(halflife, 1e-8))
 
 

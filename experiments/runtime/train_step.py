@@ -27,10 +27,11 @@ def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: fl
   return x0, context * keep
 
 
-def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict, timesteps: int,
-         batch_size: int, num_classes: int, cond_drop_rate: float, ema_halflife_kimg: float,
-         ema_rampup: float, steps_per_dispatch: int, mesh):
-  """train(state, images, labels, key) -> (state, metrics): `steps_per_dispatch` steps in one call."""
+def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict,
+                  timesteps: int, batch_size: int, num_classes: int, cond_drop_rate: float,
+                  ema_halflife_kimg: float, ema_rampup: float, mesh):
+  """one_step(state, images, labels, key) -> (state, metrics), not jitted. The float settings
+  may be traced values: runtime/multi_train.py vmaps it over models that differ only in them."""
 
   def one_step(state: TrainState, images, labels, key):
     k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
@@ -56,16 +57,30 @@ def make(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dic
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                               opt_state=opt_state)
     return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  return one_step
 
-  def train(state, images, labels, key):
+
+def fuse(one_step, steps_per_dispatch: int):
+  """train(state, *args) -> (state, metrics): `steps_per_dispatch` calls of one_step, metrics
+  averaged over them."""
+
+  def train(state, *args):
     if steps_per_dispatch == 1:
-      return one_step(state, images, labels, key)
+      return one_step(state, *args)
     # XLA:CPU runs convolution gradients inside loops ~15x slower than at top level (measured
     # with jax 0.10.2), so fused steps pay off on accelerators only (from_config.steps_per_dispatch).
-    state, metrics = jax.lax.scan(lambda s, _: one_step(s, images, labels, key), state,
+    state, metrics = jax.lax.scan(lambda s, _: one_step(s, *args), state,
                                   length=steps_per_dispatch)
     return state, jax.tree.map(jnp.mean, metrics)
+  return train
 
+
+def make(*, steps_per_dispatch: int, mesh, **step_kwargs):
+  """train(state, images, labels, key) -> (state, metrics): `steps_per_dispatch` steps in one call.
+
+  step_kwargs: the keywords of make_one_step (model, tx, logsnr_fn, loss_kwargs, ...).
+  """
+  train = fuse(make_one_step(mesh=mesh, **step_kwargs), steps_per_dispatch)
   rep = parallel.replicated(mesh)
   return jax.jit(train, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep),
                  donate_argnums=(0,))
