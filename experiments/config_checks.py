@@ -36,6 +36,7 @@ def _within(low, high, *, open_low=False, open_high=False):
 _ANY_FINITE = (_finite, 'a finite number')
 _SEED = _within(0, SEED_LIMIT, open_high=True)
 _COUNT, _NATURAL, _POSITIVE = _at_least(1), _at_least(0), _above(0)
+_STEPS = _within(0, 2**31 - 1)  # optax's schedules count steps in int32, as the train state does
 
 RANGES = {
     'seed': _SEED,
@@ -50,7 +51,7 @@ RANGES = {
     'diffusion.rho': _within(0.1, 100), 'diffusion.shift': _within(-40, 40),
     'diffusion.shift_t0': _within(-40, 40), 'diffusion.sigma_data': _POSITIVE,
     'diffusion.min_snr_gamma': _POSITIVE, 'diffusion.sigmoid_bias': _ANY_FINITE,
-    'train.learning_rate': _POSITIVE, 'train.warmup_steps': _NATURAL,
+    'train.learning_rate': _POSITIVE, 'train.warmup_steps': _STEPS,
     'train.weight_decay': _NATURAL, 'train.grad_clip': _NATURAL,
     'train.ema_halflife_kimg': _POSITIVE, 'train.ema_rampup': _NATURAL,
     'train.log_every': _NATURAL, 'train.ckpt_every': _NATURAL, 'train.keep_checkpoints': _COUNT,
