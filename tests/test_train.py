@@ -104,3 +104,23 @@ def test_train_step_on_8_devices_matches_1_device(data_dir):
   (p1, l1), (p8, l8) = results
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p8)
+
+
+@pytest.mark.parametrize('name', ['context_unet', 'unet'])
+def test_bf16_training_stays_finite_on_the_smoke_preset(name, data_dir):
+  """bf16 compute (float32 parameters) for a few steps of the smoke preset: finite loss and state."""
+  config = tiny_config(data_dir, **{'model.dtype': 'bfloat16', 'model.name': name,
+                                    'train.learning_rate': 2e-3})
+  config.model.update(n_feat=8, channel_mult=(1, 2, 2), blocks=1, attention=(2,), dropout=0.1)
+  mesh = parallel.make_mesh()
+  kwargs = from_config.state_kwargs(config, 8)
+  state = state_lib.create(mesh=mesh, **kwargs)
+  step = train_step.make(model=kwargs['model'], tx=kwargs['tx'], mesh=mesh,
+                         **from_config.train_step_kwargs(config, 8, 'cpu'))
+  images = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+  data = parallel.put_replicated((images, np.arange(64, dtype=np.int32) % 8), mesh)
+  for _ in range(3):
+    state, metrics = step(state, *data, state_lib.train_key(0))
+  assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
+  assert all(np.all(np.isfinite(np.asarray(x))) and x.dtype == np.float32
+             for x in jax.tree.leaves(state.params))
