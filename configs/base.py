@@ -65,6 +65,8 @@ def _train() -> ml_collections.ConfigDict:
   s.warmup_steps = 0
   s.weight_decay = 0.0        # AdamW when > 0
   s.grad_clip = 0.0           # global-norm clip when > 0
+  s.hflip = False             # also train on mirror images (off: a side-facing sprite's
+                              # mirror can mean another thing; the copy audit checks mirrors)
   s.ema_halflife_kimg = 50.0  # EMA half-life in thousands of images (independent of batch size)
   s.ema_rampup = 0.05         # half-life <= this share of images seen so far (EDM)
   s.steps_per_dispatch = 0    # train steps fused in one jitted call (lax.scan); 0 = auto:
@@ -137,6 +139,7 @@ def _eval() -> ml_collections.ConfigDict:
   s.batch_size = 1024      # rows per block of the feature network and of pairwise distances
   s.feature_steps = 1_000  # training steps of the sprite feature network (in its cache key)
   s.feature_seed = 0       # its seed (in its cache key)
+  s.feature_width = 16     # its first layer's channels, at most 24 (in its cache key)
   s.nearest_shown = 24     # closest samples drawn in nearest.png
   return s
 

@@ -155,9 +155,10 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     return None
   b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
   name_version = f'{b.builder_config.name}-{b.version}'
-  steps, seed = eval_cfg.feature_steps, eval_cfg.feature_seed
-  net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, steps, seed),
-                               train, heldout, dataset_name=name_version, steps=steps, seed=seed)
+  recipe = features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
+                           width=eval_cfg.feature_width)
+  net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, recipe),
+                               train, heldout, dataset_name=name_version, recipe=recipe)
   trained = time.perf_counter()
   report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
                          repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,

@@ -101,17 +101,31 @@ def test_samples_follow_the_training_class_proportions():
 def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   config = _eval_config(data_dir)
   real = dataset.load(config.data, 'train')
-  a = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
-  b = features.train_params(real.images[:64], real.labels[:64], 8, steps=3, seed=0, batch_size=8)
+  recipe = features.Recipe(steps=3, seed=0, batch_size=8)
+  a = features.train_params(real.images[:64], real.labels[:64], 8, recipe)
+  b = features.train_params(real.images[:64], real.labels[:64], 8, recipe)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   config.data.data_dir = str(tmp_path)  # a fresh cache folder, the same dataset name
   test = dataset.load(config.data, 'test')
-  folder = features.cache_dir(config.data.data_dir, 'sprites_x', 3, 0)
-  first = features.load_or_train(folder, real, test, dataset_name='sprites_x', steps=3, seed=0)
-  again = features.load_or_train(folder, real, test, dataset_name='sprites_x', steps=3, seed=0)
+  folder = features.cache_dir(config.data.data_dir, 'sprites_x', recipe)
+  first = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
+  again = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
+  assert first.info['batch_size'] == 8 and first.info['width'] == 16
   f1, f2 = features.embed(first, test.images[:10])[0], features.embed(again, test.images[:10])[0]
   np.testing.assert_array_equal(f1, f2)
+
+
+def test_the_feature_cache_key_changes_with_every_setting():
+  """A network trained with other settings is never read back as this one."""
+  base = features.Recipe()
+  changed = [features.Recipe(steps=2000), features.Recipe(seed=1), features.Recipe(width=8),
+             features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3)]
+  folders = {features.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
+  assert len(folders) == 1 + len(changed)
+  assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
+  assert features.cache_dir('/d', 'emoji', base) != features.cache_dir('/d', 'dawnlike', base)
+  assert 'steps1000-seed0' in features.cache_dir('/d', 'emoji', base)  # readable at a glance
 
 
 @pytest.mark.parametrize('images, message', [
@@ -139,8 +153,9 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   """Heusel et al.'s sanity check: more damage, larger distance to real sprites."""
   config = _eval_config(data_dir)
   real, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
-  net = features.load_or_train(features.cache_dir(config.data.data_dir, 'emoji_quick', 20, 0),
-                               real, test, dataset_name='emoji_quick', steps=20, seed=0)
+  recipe = features.Recipe(steps=20)
+  net = features.load_or_train(features.cache_dir(config.data.data_dir, 'emoji_quick', recipe),
+                               real, test, dataset_name='emoji_quick', recipe=recipe)
   ref_f = features.embed(net, test.images)[0]
   clean = dataset.to_model(real.images[:300])
   rng = np.random.default_rng(0)

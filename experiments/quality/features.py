@@ -7,13 +7,15 @@ speckles of random color, blur. A classifier alone learns to ignore such damage,
 would call a noisy half-trained model's mush real (Heusel et al. 2017 showed that FID must rise
 with exactly these disturbances); the damage head makes the space see them. The network is
 deterministic given its seed (batches, augmentations and damage from fold_in(key, step)), cached
-on disk per dataset and VERSION, and its held-out class accuracy is stored with it.
+on disk per dataset, VERSION and Recipe (every training setting is in the folder's name), and its
+held-out class accuracy is stored with it.
 
 A dataset without classes trains the same network to tell the four rotations of a sprite
 apart (Gidaris et al. 2018), a label-free task that still needs shape features.
 """
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -56,12 +58,29 @@ class SpriteNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Everything the trained network depends on besides the data: changing any of it retrains."""
+  steps: int = 1000
+  seed: int = 0
+  width: int = 16
+  batch_size: int = 64
+  learning_rate: float = 2e-3
+
+  def key(self) -> str:
+    """A folder-name key: readable steps and seed, plus a digest of every field (and VERSION)."""
+    fields = json.dumps({'version': VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+    digest = hashlib.sha256(fields.encode()).hexdigest()[:8]
+    return f'v{VERSION}-steps{self.steps}-seed{self.seed}-{digest}'
+
+
+@dataclasses.dataclass(frozen=True)
 class FeatureNet:
   params: dict
   num_classes: int
   scale: float = 1.0  # makes the mean of |f|^2 / FEATURE_DIM over training sprites 1: KID's
                       # cubic kernel (x.y / D + 1)^3 then sees values near 1, as with Inception
   info: dict = dataclasses.field(default_factory=dict)  # version, dataset, accuracies, seconds
+  width: int = 16
 
 
 def _rotate(images: jax.Array, k: jax.Array) -> jax.Array:
@@ -111,13 +130,12 @@ def damage(key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return out, kind
 
 
-def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int,
-                 seed: int, batch_size: int = 64, learning_rate: float = 2e-3):
+def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, recipe: Recipe):
   """Parameters of SpriteNet trained on uint8 sprites; labels None -> the rotation task."""
   rotation = labels is None
-  net = SpriteNet(4 if rotation else num_classes)
-  key = jax.random.key(seed)
-  tx = optax.adamw(optax.cosine_onecycle_schedule(steps, learning_rate), weight_decay=1e-3)
+  net = SpriteNet(4 if rotation else num_classes, recipe.width)
+  key, steps, batch_size = jax.random.key(recipe.seed), recipe.steps, recipe.batch_size
+  tx = optax.adamw(optax.cosine_onecycle_schedule(steps, recipe.learning_rate), weight_decay=1e-3)
   x_all = jnp.asarray(dataset.to_model(images))
   y_all = jnp.zeros(len(images), jnp.int32) if rotation else jnp.asarray(labels, jnp.int32)
 
@@ -147,9 +165,10 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, *, st
   return params
 
 
-@functools.partial(jax.jit, static_argnames='num_classes')
-def _forward(params, images, num_classes: int):
-  features, logits, damage_logits = SpriteNet(num_classes).apply(params, dataset.to_model(images))
+@functools.partial(jax.jit, static_argnames=('num_classes', 'width'))
+def _forward(params, images, num_classes: int, width: int):
+  net = SpriteNet(num_classes, width)
+  features, logits, damage_logits = net.apply(params, dataset.to_model(images))
   return features, jnp.argmax(logits, axis=-1), jnp.argmax(damage_logits, axis=-1)
 
 
@@ -163,7 +182,7 @@ def embed(net: FeatureNet, images: np.ndarray, batch_size: int = 1024):
   for start in range(0, len(images), batch_size):
     blk = np.asarray(images[start:start + batch_size])
     padded = np.pad(blk, ((0, batch_size - len(blk)),) + ((0, 0),) * 3)
-    f, p, _ = _forward(net.params, jnp.asarray(padded), net.num_classes)
+    f, p, _ = _forward(net.params, jnp.asarray(padded), net.num_classes, net.width)
     feats.append(np.asarray(f[:len(blk)]) * np.float32(net.scale))
     preds.append(np.asarray(p[:len(blk)]))
   if not feats:
@@ -186,42 +205,43 @@ def _damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | 
   if len(images) == 0:
     return None
   x, kind = damage(jax.random.key(seed), jnp.asarray(dataset.to_model(images)))
-  predicted = _forward(net.params, jnp.asarray(dataset.to_uint8(x)), net.num_classes)[2]
+  predicted = _forward(net.params, jnp.asarray(dataset.to_uint8(x)), net.num_classes,
+                       net.width)[2]
   return float(np.mean(np.asarray(predicted) == np.asarray(kind)))
 
 
-def cache_dir(data_dir: str, dataset_name: str, steps: int, seed: int) -> str:
+def cache_dir(data_dir: str, dataset_name: str, recipe: Recipe) -> str:
   """One folder per dataset config (source, size, folder hash), network version and recipe."""
   return os.path.join(os.path.expanduser(data_dir), 'sprite_features',
-                      f'{dataset_name}-v{VERSION}-steps{steps}-seed{seed}')
+                      f'{dataset_name}-{recipe.key()}')
 
 
 def load_or_train(folder: str, train: dataset.SpriteData, test: dataset.SpriteData, *,
-                  dataset_name: str, steps: int, seed: int) -> FeatureNet:
+                  dataset_name: str, recipe: Recipe) -> FeatureNet:
   """The network cached in `folder` (see cache_dir), or a freshly trained one (then cached)."""
   labeled = train.num_classes > 0
   num_classes = train.num_classes if labeled else 4
-  template = jax.eval_shape(lambda: SpriteNet(num_classes).init(
+  template = jax.eval_shape(lambda: SpriteNet(num_classes, recipe.width).init(
       jax.random.key(0), jnp.zeros((1,) + train.images.shape[1:])))
   if os.path.exists(os.path.join(folder, 'info.json')):
     with open(os.path.join(folder, 'params.msgpack'), 'rb') as f:
       params = flax.serialization.from_bytes(template, f.read())
     with open(os.path.join(folder, 'info.json'), encoding='utf-8') as f:
       info = json.load(f)
-    return FeatureNet(jax.tree.map(jnp.asarray, params), num_classes, info['feature_scale'], info)
+    return FeatureNet(jax.tree.map(jnp.asarray, params), num_classes, info['feature_scale'], info,
+                      recipe.width)
   logging.info('Training the sprite feature network for %s (once; cached in %s).', dataset_name,
                folder)
   start = time.perf_counter()
-  params = train_params(train.images, train.labels if labeled else None, num_classes,
-                        steps=steps, seed=seed)
-  net = FeatureNet(params, num_classes)
+  params = train_params(train.images, train.labels if labeled else None, num_classes, recipe)
+  net = FeatureNet(params, num_classes, width=recipe.width)
   mean_sq = float(jnp.mean(jnp.sum(embed(net, train.images)[0] ** 2, axis=1))) / FEATURE_DIM
-  net = FeatureNet(params, num_classes, 1.0 / max(mean_sq, 1e-12) ** 0.5)
+  net = FeatureNet(params, num_classes, 1.0 / max(mean_sq, 1e-12) ** 0.5, width=recipe.width)
   info = {'version': VERSION, 'dataset': dataset_name, 'task': 'class' if labeled else 'rotation',
-          'steps': steps, 'seed': seed, 'feature_dim': FEATURE_DIM, 'feature_scale': net.scale,
+          **dataclasses.asdict(recipe), 'feature_dim': FEATURE_DIM, 'feature_scale': net.scale,
           'train_accuracy': _accuracy(net, train.images, train.labels if labeled else None),
           'test_accuracy': _accuracy(net, test.images, test.labels if labeled else None),
-          'test_damage_accuracy': _damage_accuracy(net, test.images, seed),
+          'test_damage_accuracy': _damage_accuracy(net, test.images, recipe.seed),
           'train_seconds': round(time.perf_counter() - start, 2), 'backend': jax.default_backend()}
   if files.is_writer():
     _write_atomically(folder, flax.serialization.to_bytes(params), info)
