@@ -124,3 +124,15 @@ def test_bf16_training_stays_finite_on_the_smoke_preset(name, data_dir):
   assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
   assert all(np.all(np.isfinite(np.asarray(x))) and x.dtype == np.float32
              for x in jax.tree.leaves(state.params))
+
+
+def test_hflip_mirrors_part_of_the_batch_and_leaves_the_rest_as_without_it():
+  mesh = parallel.make_mesh()
+  images = np.random.default_rng(0).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+  args = (images, np.zeros(32, np.int32), jax.random.key(3), 64, 8, 0.0, mesh)
+  plain, _ = train_step._batch(*args)  # pylint: disable=protected-access
+  flipped, _ = train_step._batch(*args, hflip=True)  # pylint: disable=protected-access
+  plain, flipped = np.asarray(plain), np.asarray(flipped)
+  same = np.all(flipped == plain, axis=(1, 2, 3))
+  mirrored = np.all(flipped == plain[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same | mirrored) and 10 < mirrored.sum() < 54  # about half of 64

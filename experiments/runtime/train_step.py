@@ -16,11 +16,15 @@ from experiments.runtime import parallel
 from experiments.runtime.state import TrainState, ema_decay
 
 
-def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: float, mesh):
+def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: float, mesh,
+           hflip: bool = False):
   k_idx, k_drop = jax.random.split(key)
   idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
   idx = jax.lax.with_sharding_constraint(idx, parallel.batch_sharded(mesh))
   x0 = images[idx].astype(jnp.float32) / 127.5 - 1.0
+  if hflip:  # half the batch mirrored; its own key, so the batches without it stay as they were
+    mirror = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (batch_size, 1, 1, 1))
+    x0 = jnp.where(mirror, x0[:, :, ::-1], x0)
   label = labels[idx]
   context = jax.nn.one_hot(label, max(num_classes, 1)) * (label >= 0)[:, None]
   keep = jax.random.bernoulli(k_drop, 1.0 - drop_rate, (batch_size, 1))
@@ -29,13 +33,16 @@ def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: fl
 
 def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict,
                   timesteps: int, batch_size: int, num_classes: int, cond_drop_rate: float,
-                  ema_halflife_kimg: float, ema_rampup: float, mesh):
+                  ema_halflife_kimg: float, ema_rampup: float, mesh, hflip: bool = False):
   """one_step(state, images, labels, key) -> (state, metrics), not jitted. The float settings
-  may be traced values: runtime/multi_train.py vmaps it over models that differ only in them."""
+  may be traced values: runtime/multi_train.py vmaps it over models that differ only in them.
+  hflip: train on random mirror images too (a switch: a side-facing sprite's mirror may mean
+  something else, or be another sprite of the set)."""
 
   def one_step(state: TrainState, images, labels, key):
     k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
-    x0, context = _batch(images, labels, k_batch, batch_size, num_classes, cond_drop_rate, mesh)
+    x0, context = _batch(images, labels, k_batch, batch_size, num_classes, cond_drop_rate, mesh,
+                          hflip)
     t = jax.random.randint(k_t, (batch_size,), 1, timesteps + 1).astype(jnp.float32) / timesteps
     eps = jax.random.normal(k_eps, x0.shape)
 
