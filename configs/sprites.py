@@ -45,12 +45,16 @@ def _smoke(c):
 
 
 def _cpu(c):
-  c.model.n_feat = 32
+  """The best recipe for about 15 minutes of 2 CPU cores: a small UNet (attention only at 4x4,
+  one block per level: XLA:CPU pays for every convolution), v-prediction on the cosine schedule,
+  and a deterministic 25-step sampler so most of the budget goes to training."""
+  c.model.update(name='unet', n_feat=24, channel_mult=(1, 2, 5), blocks=1, attention=(2,),
+                 dropout=0.0)
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
-  c.train.update(steps=3_500, batch_size=64, learning_rate=2e-3, warmup_steps=100,
-                 lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=500)
-  c.sample.update(sampler='ddpm', steps=200, guidance=3.0, per_class=12)  # w=3: classes read clearly
-  c.eval.num_samples = 160  # ~2 min of DDPM-200 on 2 cores; emoji's test halves hold 80 anyway
+  c.train.update(steps=2_000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+                 lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=400)
+  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=2.0, per_class=12)
+  c.eval.num_samples = 320  # DPM-Solver++ 25 is cheap: twice the samples of DDPM-200 in a third of the time
 
 
 def _course(c):
