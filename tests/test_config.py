@@ -1,6 +1,8 @@
 """Configs: presets, overrides at flag parsing, and early checks of values."""
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -83,3 +85,19 @@ def test_steps_per_dispatch_resolves_automatic(steps, asked, backend, expected):
   config.train.update(steps=steps, steps_per_dispatch=asked)
   from_config.validate(config)
   assert from_config.steps_per_dispatch(config.train, backend) == expected
+
+
+@pytest.mark.parametrize('preset, num_classes, count', [
+    ('smoke', 8, 94_691),         # ContextUnet, 16 channels
+    ('cpu', 8, 2_254_923),        # UNet 24/48/120, attention at 4x4 (the main job's log says it)
+    ('course', 5, 1_481_027),     # ContextUnet 64, as the PyTorch peer (../shared/bench)
+    ('accelerator', 8, 28_328_195),  # UNet 128/256/256, two blocks, attention at 8x8, 4x4
+    ('tpu', 8, 28_328_195),       # the accelerator's network
+])
+def test_parameter_count_per_preset(preset, num_classes, count):
+  config = sprites.get_config(preset)
+  model = from_config.model(config.model, num_classes)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)),
+      jnp.zeros((1, num_classes))))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == count
