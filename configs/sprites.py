@@ -56,7 +56,7 @@ def _cpu(c):
   # Guidance 0.5: closest to real emoji and DawnLike of 0, 0.5, 1, 2, 3 (FID, recall) while the
   # samples still read as their class (README, Ablations); 2 and up trade variety for typicality.
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=0.5, per_class=12)
-  c.eval.num_samples = 320  # DPM-Solver++ 25 is cheap: twice the samples of DDPM-200 in a third of the time
+  c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 
 
 def _course(c):
