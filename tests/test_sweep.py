@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from experiments import evaluate, sweep
+from configs import sprites
+from experiments import evaluate, from_config, sweep
 from experiments.pictures import charts
 from experiments.sweeps import plan, report, table, training
 
@@ -154,3 +155,13 @@ def test_sweep_files_load_and_apply(data_dir):
   for name in ('schedules', 'predictions', 'samplers'):
     path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sweeps', f'{name}.py')
     plan.expand(base, plan.load(path), 'root')
+
+
+@pytest.mark.parametrize('name', ['schedules', 'samplers', 'predictions'])
+def test_shipped_sweep_files_apply_to_the_cpu_preset(name):
+  """Every point of the sweeps in configs/sweeps/ names real keys and passes the config checks."""
+  root = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sweeps')
+  spec = plan.load(os.path.join(root, f'{name}.py'))
+  base = plan.apply(sprites.get_config('cpu'), spec.base)
+  for point in spec.points:
+    from_config.validate(plan.apply(base, point))
