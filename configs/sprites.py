@@ -46,11 +46,15 @@ def _smoke(c):
 
 def _cpu(c):
   """The best recipe for about 15 minutes of 2 CPU cores: a small UNet (attention only at 4x4,
-  one block per level: XLA:CPU pays for every convolution), v-prediction on the cosine schedule,
-  and a deterministic 25-step sampler so most of the budget goes to training."""
+  one block per level: XLA:CPU pays for every convolution), v-prediction on the cosine schedule
+  with min-SNR-5 weighting, and a deterministic 25-step sampler so most of the budget goes to
+  training."""
   c.model.update(name='unet', n_feat=24, channel_mult=(1, 2, 5), blocks=1, attention=(2,),
                  dropout=0.0)
-  c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
+  # min-SNR (Hang et al. 2023): over two seeds each, flatter fills and fewer speckles to the eye
+  # than plain v-MSE, with FID and recall within the seed spread (README, Ablations).
+  c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v', loss_weighting='min_snr',
+                     min_snr_gamma=5.0)
   c.train.update(steps=2_000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
                  lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=400)
   # Guidance 0.5: closest to real emoji and DawnLike of 0, 0.5, 1, 2, 3 (FID, recall) while the
