@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_config
 from experiments import from_config
-from experiments.runtime import checkpoints, parallel, state as state_lib
+from experiments.runtime import checkpoints, integrity, parallel, state as state_lib
 
 
 def _toy_state(step: int, poison: bool = False) -> state_lib.TrainState:
@@ -36,15 +36,20 @@ ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, shardin
 
 @pytest.fixture(scope='module')
 def pristine(tmp_path_factory):
-  """Workdirs with checkpoints 1 and 2: good ones, step 2 NaN, and saved without digests."""
+  """Workdirs with checkpoints 1 and 2: good ones, step 2 NaN, saved without digests, and step 2
+  saved with the digests of other (finite, same-shaped) arrays: what a silent bit flip looks like."""
   workdirs = {}
-  for name in ('good', 'nan_at_2', 'no_digests'):
+  for name in ('good', 'nan_at_2', 'no_digests', 'wrong_digest_at_2'):
     workdirs[name] = str(tmp_path_factory.mktemp(name))
     mngr = checkpoints.manager(workdirs[name], 5)
     for step in (1, 2):
       saved = _toy_state(step, poison=name == 'nan_at_2' and step == 2)
       if name == 'no_digests':  # as versions before the digests saved them
         mngr.save(step, args=ocp.args.StandardSave(saved), force=True)
+      elif name == 'wrong_digest_at_2' and step == 2:
+        mngr.save(step, args=ocp.args.StandardSave(saved), force=True,
+                  custom_metadata={'sha256': integrity.digests(_toy_state(3))})
+        mngr.wait_until_finished()
       else:
         checkpoints.save(mngr, step, saved)
   return workdirs
@@ -75,8 +80,9 @@ def _flip_bytes(path, mask=0x5A):
 
 
 def _flip_low_bits(path):
-  """The lowest bit of 4 bytes: other finite numbers (exponents of N(0, 1) data never reach 0xFF),
-  which only the digests can tell from the saved ones."""
+  """The lowest bit of 4 bytes. The data files are compressed and orbax lays arrays out in them
+  in no fixed order, so what this does varies: a read error, garbage that is not finite, or other
+  finite numbers that only the digests tell apart (that case is pinned by the test below)."""
   _flip_bytes(path, 0x01)
 
 
@@ -90,7 +96,7 @@ def _overwrite_metadata(workdir):
 
 
 @pytest.mark.parametrize('damage, why', [
-    (lambda w: _flip_low_bits(_data_files(w, 2)[0]), 'kernel differs from the sha256 saved with it'),
+    (lambda w: _flip_low_bits(_data_files(w, 2)[0]), 'differs from the sha256|non-finite|reading'),
     (lambda w: _truncate(_data_files(w, 2)[0]), 'reading it failed'),
     (lambda w: [os.remove(p) for p in _data_files(w, 2)], 'metadata cannot be read|reading it'),
     (_overwrite_metadata, 'metadata cannot be read'),
@@ -105,6 +111,14 @@ def test_a_damaged_newest_checkpoint_restores_the_previous_one(pristine, tmp_pat
   skipped = [r.getMessage() for r in caplog.records if 'Checkpoint 2' in r.getMessage()]
   assert skipped and 'skipped' in skipped[0]
   assert re.search(why, skipped[0]), skipped[0]
+
+
+def test_arrays_that_differ_from_their_saved_digests_are_not_restored(pristine, tmp_path, caplog):
+  workdir = _copy(pristine, tmp_path, 'wrong_digest_at_2')
+  with caplog.at_level(logging.WARNING):
+    assert int(_restore(workdir).step) == 1
+  skipped = [r.getMessage() for r in caplog.records if 'Checkpoint 2' in r.getMessage()]
+  assert skipped and re.search('differs from the sha256 saved with it', skipped[0]), skipped
 
 
 def test_training_moves_damaged_checkpoints_aside(pristine, tmp_path):
