@@ -9,8 +9,8 @@ the zero-terminal-SNR rescale), except BASE: 300 training steps instead of 2,000
 warmup, a cosine decay over the 300), 160 sprites per evaluation instead of 320, and guidance 2
 (the preset's first value; it now draws at 0.5, chosen later on fully trained models; pinned
 here so the README's numbers stay reproducible), and the plain v-MSE loss (`simple`: the preset's
-weighting when the sweep ran; it now uses min-SNR, pinned back for the same reason). Every run draws with DPM-Solver++(2M), 25
-steps. About 2.5 minutes per run on 2 idle cores (300 steps at ~190 sprites/s, ~45 s of
+weighting when the sweep ran; it now uses min-SNR, pinned back for the same reason). Every run
+draws with DPM-Solver++(2M), 25 steps. About 2.5 minutes per run on 2 idle cores (300 steps at ~190 sprites/s, ~45 s of
 compilation, ~20 s of sampling and evaluation), so about an hour for the 24. The shifted and
 interpolated cosines use Hoogeboom et al.'s shift for 16x16 sprites, 2 log(64 / 16) = 2.77,
 as experiments/plots.py draws them. Seeds vary the training (initial weights, batches, noise);
