@@ -2,7 +2,10 @@
 
 Classifier-free guidance (Ho & Salimans 2022) combines a conditional and an
 unconditional (null, all-zero context) output as (1 + w) cond - w uncond; w = 0 is plain
-conditional sampling. The outputs are mixed in the network's own target space, which is
+conditional sampling. Guidance may be limited to an interval of noise levels (Kynkaanniemi et
+al. 2024): at high noise it pulls every sample of a class toward one layout (variety lost), at
+low noise it only sharpens what is already decided, so w applies where lo <= logsnr <= hi and
+is 0 elsewhere. The outputs are mixed in the network's own target space, which is
 the same as mixing x0 and eps, since both are affine in the output at fixed x_t.
 Contexts may be any vectors: one-hot classes, or weighted mixes such as 0.6 food + 0.4 spell.
 """
@@ -39,22 +42,34 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
 
 def make_denoiser(*, model_fn: Callable[..., jax.Array],
                   context: jax.Array, prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
-                  threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
+                  guidance_logsnr: tuple[float, float] = (-jnp.inf, jnp.inf), threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
   """A denoiser for a batch whose context vectors are `context` [B, num_classes].
 
   model_fn(x_in, t, logsnr, context) -> output, with x_in the (preconditioned) noisy image
-  [B, H, W, C] and t, logsnr [B]. With guidance != 0 the conditional and null-context halves run
+  [B, H, W, C] and t, logsnr [B]. guidance_logsnr (lo, hi) limits guidance to those noise
+  levels; the default is all of them. With guidance != 0 the conditional and null-context halves run
   as one batch. The schedule is not needed here: the sampler passes logsnr(t) along with t.
   """
   def output(x_t, t, logsnr):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
     if guidance == 0.0:
       return model_fn(x_in, t, logsnr, context).astype(jnp.float32)
-    twice = lambda a: jnp.concatenate([a, a])
-    both = model_fn(twice(x_in), twice(t), twice(logsnr),
-                    jnp.concatenate([context, jnp.zeros_like(context)])).astype(jnp.float32)
-    cond, uncond = jnp.split(both, 2)
-    return (1 + guidance) * cond - guidance * uncond
+    lo, hi = guidance_logsnr
+    inside = (logsnr >= lo) & (logsnr <= hi)
+
+    def guided():
+      twice = lambda a: jnp.concatenate([a, a])
+      both = model_fn(twice(x_in), twice(t), twice(logsnr),
+                      jnp.concatenate([context, jnp.zeros_like(context)])).astype(jnp.float32)
+      cond, uncond = jnp.split(both, 2)
+      w = jnp.where(inside, guidance, 0.0)[:, None, None, None]
+      return (1 + w) * cond - w * uncond
+
+    if (lo, hi) == (-jnp.inf, jnp.inf):
+      return guided()
+    # Outside the interval the null-context half is not needed: skip its network call.
+    plain = lambda: model_fn(x_in, t, logsnr, context).astype(jnp.float32)
+    return jax.lax.cond(jnp.any(inside), guided, plain)
 
   def denoise(x_t, t, logsnr):
     t = jnp.broadcast_to(t, x_t.shape[:1])

@@ -93,6 +93,7 @@ def validate(config) -> None:
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
   _validate_unet(config.model, config.data.image_size)
   drawing.mix_weights(sample.mix)
+  drawing.guidance_interval(sample.guidance_logsnr)
   config_checks.check_model(config)
 
 
@@ -150,7 +151,8 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
   return drawing.Sampling(
       logsnr_fn=logsnr_fn(diffusion), prediction=diffusion.prediction,
       sigma_data=diffusion.sigma_data, sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
-      guidance=sample.guidance if guidance is None else guidance, threshold=sample.clip_x0,
+      guidance=sample.guidance if guidance is None else guidance,
+      guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size)
 
 

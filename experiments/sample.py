@@ -1,6 +1,7 @@
 """--mode=sample: restore the (EMA) weights, draw sprites, write grids, npz and a GIF.
 
-Outputs in <workdir>/samples/, named <step>_<sampler><steps>[_g<guidance>]:
+Outputs in <workdir>/samples/, named <step>_<sampler><steps>[_g<guidance>[i<lo>to<hi>]][_p<k>][_raw]
+(runtime/drawing.output_name):
   .png  one row per class (then one row per mix), upscaled with nearest neighbor
   .npz  images uint8 [N, S, S, 3], labels int [N] (-1: unconditional or a mix),
         contexts float [N, K], class_names
@@ -22,7 +23,7 @@ from experiments.runtime import drawing, files, hosts, parallel
 def output_name(config, step: int) -> str:
   sample_cfg = config.sample
   return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
-                             sample_cfg.palette)
+                             sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema)
 
 
 def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from ml_collections import config_flags
 
 from configs import sprites
 from experiments import from_config
+from experiments.runtime import drawing
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sprites.py')
 
@@ -55,6 +56,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('train.steps_per_dispatch', 7, 'multiple of train.steps_per_dispatch'),
     ('train.steps_per_dispatch', -1, 'multiple of train.steps_per_dispatch'),
     ('data.image_size', 18, 'multiple of 4'),
+    ('sample.guidance_logsnr', '3,-3', 'sample.guidance_logsnr'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')
@@ -101,3 +103,14 @@ def test_parameter_count_per_preset(preset, num_classes, count):
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)),
       jnp.zeros((1, num_classes))))
   assert sum(x.size for x in jax.tree.leaves(shapes)) == count
+
+
+def test_guidance_interval_spec_is_parsed_or_refused_by_name():
+  assert drawing.guidance_interval('') == (-float('inf'), float('inf'))
+  assert drawing.guidance_interval(' -3, 2.5') == (-3.0, 2.5)
+  for bad in ('3', '2,1', 'a,b', '-inf,1', '1,2,3'):
+    with pytest.raises(ValueError, match='sample.guidance_logsnr'):
+      drawing.guidance_interval(bad)
+  assert drawing.output_name(7, 'dpmpp_2m', 25, 2.0, 0, '-2,3') == 'step000007_dpmpp_2m25_g2i-2to3'
+  assert drawing.output_name(7, 'dpmpp_2m', 25, 0.0, 0, '-2,3') == 'step000007_dpmpp_2m25'
+  assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'

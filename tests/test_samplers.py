@@ -158,6 +158,27 @@ def test_guidance_combines_conditional_and_null_outputs():
   np.testing.assert_allclose(np.asarray(guided(x_t, t, logsnr)[0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
 
 
+def test_guidance_applies_only_inside_its_logsnr_interval():
+  """guidance_logsnr=(lo, hi): guided where lo <= logsnr <= hi, plain conditional elsewhere (then
+  with one network call per sprite, not two); per sprite when the batch mixes noise levels."""
+  calls = []
+
+  def model_fn(x, t, logsnr, c):
+    calls.append(x.shape[0])
+    return x * 0 + c.sum(axis=1)[:, None, None, None] + 0.1
+  ctx = jnp.array([[1.0, 0.0], [0.4, 0.6]])
+  x_t, t = jnp.zeros((2, 2, 2, 1)), jnp.full((2,), 0.5)
+  guided = denoiser.make_denoiser(model_fn=model_fn, context=ctx, prediction='x0', guidance=2.0,
+                                  guidance_logsnr=(-1.0, 2.0), threshold='none')
+  out = lambda logsnr: np.asarray(guided(x_t, t, jnp.asarray(logsnr, jnp.float32))[0][:, 0, 0, 0])
+  np.testing.assert_allclose(out([0.0, 2.0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
+  np.testing.assert_allclose(out([-3.0, 5.0]), 1.1, atol=1e-6)
+  np.testing.assert_allclose(out([0.5, -1.5]), [3 * 1.1 - 2 * 0.1, 1.1], atol=1e-6)
+  calls.clear()
+  jax.make_jaxpr(lambda l: guided(x_t, t, l))(jnp.zeros(2))
+  assert sorted(calls) == [2, 4]  # the plain branch runs the batch once, the guided one twice
+
+
 def test_dynamic_thresholding_keeps_samples_in_range():
   x0 = jnp.stack([jnp.linspace(-3, 3, 48).reshape(4, 4, 3), jnp.linspace(-0.5, 0.5, 48).reshape(4, 4, 3)])
   out = np.asarray(denoiser.threshold_x0(x0, 'dynamic', 0.9))

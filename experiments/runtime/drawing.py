@@ -4,6 +4,7 @@ What --mode=sample, show, eval and the benchmark share. Sprite i's noise derives
 (seed, i) alone, so a sprite is the same at any batch size or device count.
 """
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -25,6 +26,7 @@ class Sampling:
   steps: int
   eta: float
   guidance: float
+  guidance_logsnr: tuple[float, float]  # the noise levels guided: (-inf, inf) is all of them
   threshold: str
   percentile: float
   image_size: int
@@ -49,6 +51,7 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
     denoise = denoiser.make_denoiser(
         model_fn=models.network_fn(model, params), context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
+        guidance_logsnr=s.guidance_logsnr,
         threshold=s.threshold, percentile=s.percentile)
     return samplers.sample(denoise=denoise, grid=grid, keys=keys,
                            shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
@@ -154,7 +157,27 @@ def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str],
   return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
 
 
-def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0) -> str:
-  """'step003500_ddpm200_g3[_p32]': what drew a set of sprites, for its file names."""
-  suffix = (f'_g{guidance:g}' if guidance else '') + (f'_p{palette}' if palette else '')
+def guidance_interval(spec: str) -> tuple[float, float]:
+  """sample.guidance_logsnr as (lo, hi): '' -> every noise level, '-3,3' -> (-3.0, 3.0)."""
+  if not spec.strip():
+    return -math.inf, math.inf
+  try:
+    lo, hi = (float(x) for x in spec.split(','))
+  except ValueError:
+    lo = hi = math.nan
+  if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    raise ValueError(f'sample.guidance_logsnr={spec!r}: want two finite logSNR values lo,hi with '
+                     "lo < hi, e.g. '-3,3' (or '' to guide at every noise level).")
+  return lo, hi
+
+
+def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
+                guidance_logsnr: str = '', use_ema: bool = True) -> str:
+  """'step003500_ddpm200_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its file names
+  (_raw: the trained weights, not their EMA)."""
+  interval = ''
+  if guidance and guidance_logsnr.strip():
+    interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
+  suffix = (f'_g{guidance:g}{interval}' if guidance else '') + (f'_p{palette}' if palette else '')
+  suffix += '' if use_ema else '_raw'
   return f'step{step:06d}_{sampler}{steps}{suffix}'
