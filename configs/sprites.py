@@ -55,11 +55,16 @@ def _cpu(c):
   # than plain v-MSE, with FID and recall within the seed spread (README, Ablations).
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v', loss_weighting='min_snr',
                      min_snr_gamma=5.0)
-  c.train.update(steps=2_000, batch_size=64, learning_rate=2e-3, warmup_steps=100,
+  # Batch 32 for 4,000 steps: the same sprites in the same time as 64 x 2,000 (XLA:CPU's speed per
+  # sprite barely depends on the batch), twice the updates; over two seeds as close to real on FID,
+  # recall a little higher, fills a little flatter to the eye (README, Ablations).
+  c.train.update(steps=4_000, batch_size=32, learning_rate=2e-3, warmup_steps=100,
                  lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100, ckpt_every=400)
-  # Guidance 0.5: closest to real emoji and DawnLike of 0, 0.5, 1, 2, 3 (FID, recall) while the
-  # samples still read as their class (README, Ablations); 2 and up trade variety for typicality.
-  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=0.5, per_class=12)
+  # Guidance 2 only at middle noise levels (logSNR -2..3, Kynkaanniemi et al. 2024): on the same
+  # models and noise, closer to real sprites (FID, recall) than 0.5 at every level, classes as
+  # typical (README, Ablations); guidance at every level trades variety for typicality.
+  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=2.0, guidance_logsnr='-2,3',
+                  per_class=12)
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 
 

@@ -65,7 +65,9 @@ def _tiles(images: np.ndarray, rows: int, factor: int) -> list[list[np.ndarray]]
 
 def _settings(config) -> str:
   sample_cfg = config.sample
-  return f'{sample_cfg.sampler}, {sample_cfg.steps} steps'
+  interval = sample_cfg.guidance_logsnr.strip()
+  return f'{sample_cfg.sampler}, {sample_cfg.steps} steps' + (
+      f', guided at logSNR {interval}' if interval else '')
 
 
 def classes_picture(draw, config, class_names) -> np.ndarray:
