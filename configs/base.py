@@ -86,7 +86,7 @@ def _sample() -> ml_collections.ConfigDict:
   s.steps = 500          # number of denoising steps (independent of diffusion.timesteps)
   s.eta = 0.0            # ddim: 0 = deterministic, 1 = as ancestral
   s.guidance = 0.0       # classifier-free guidance w: (1 + w) cond - w uncond; 0 = off
-  s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi (e.g. '-3,3'); '' = everywhere
+  s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi, e.g. '-2,3'; '' = all
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)

@@ -42,13 +42,14 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
 
 def make_denoiser(*, model_fn: Callable[..., jax.Array],
                   context: jax.Array, prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
-                  guidance_logsnr: tuple[float, float] = (-jnp.inf, jnp.inf), threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
+                  guidance_logsnr: tuple[float, float] = (-jnp.inf, jnp.inf),
+                  threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
   """A denoiser for a batch whose context vectors are `context` [B, num_classes].
 
   model_fn(x_in, t, logsnr, context) -> output, with x_in the (preconditioned) noisy image
-  [B, H, W, C] and t, logsnr [B]. guidance_logsnr (lo, hi) limits guidance to those noise
-  levels; the default is all of them. With guidance != 0 the conditional and null-context halves run
-  as one batch. The schedule is not needed here: the sampler passes logsnr(t) along with t.
+  [B, H, W, C] and t, logsnr [B]. With guidance != 0 the conditional and null-context halves run
+  as one batch, at the noise levels guidance_logsnr = (lo, hi) admits (by default all). The
+  schedule is not needed here: the sampler passes logsnr(t) along with t.
   """
   def output(x_t, t, logsnr):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
