@@ -98,6 +98,19 @@ def test_any_mix_is_parsed_or_refused_by_name(spec):
   assert all(np.all(np.isfinite(v)) and np.all(v >= 0) and v.sum() > 0 for v in vectors)
 
 
+@FEW
+@given(spec=st.one_of(st.text(max_size=12),
+                      st.text(alphabet=st.sampled_from(list('0139,.-e infa')), max_size=12)))
+def test_any_guidance_interval_is_parsed_or_refused_by_name(spec):
+  try:
+    from_config.validate(_with('sample.guidance_logsnr', spec))
+    lo, hi = drawing.guidance_interval(spec)
+  except ValueError as e:
+    assert_named(e, 'sample.guidance_logsnr')
+    return
+  assert lo < hi and not (np.isnan(lo) or np.isnan(hi))
+
+
 LABEL_DTYPES = st.sampled_from([np.int32, np.int64, np.uint8, np.float32, np.bool_])
 
 
