@@ -53,8 +53,9 @@ def make_denoiser(*, model_fn: Callable[..., jax.Array],
   """
   def output(x_t, t, logsnr):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
+    conditional = lambda: model_fn(x_in, t, logsnr, context).astype(jnp.float32)
     if guidance == 0.0:
-      return model_fn(x_in, t, logsnr, context).astype(jnp.float32)
+      return conditional()
     lo, hi = guidance_logsnr
     inside = (logsnr >= lo) & (logsnr <= hi)
 
@@ -69,8 +70,7 @@ def make_denoiser(*, model_fn: Callable[..., jax.Array],
     if (lo, hi) == (-jnp.inf, jnp.inf):
       return guided()
     # Outside the interval the null-context half is not needed: skip its network call.
-    plain = lambda: model_fn(x_in, t, logsnr, context).astype(jnp.float32)
-    return jax.lax.cond(jnp.any(inside), guided, plain)
+    return jax.lax.cond(jnp.any(inside), guided, conditional)
 
   def denoise(x_t, t, logsnr):
     t = jnp.broadcast_to(t, x_t.shape[:1])
