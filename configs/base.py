@@ -53,6 +53,8 @@ def _diffusion() -> ml_collections.ConfigDict:
   s.min_snr_gamma = 5.0   # min_snr weighting
   s.sigmoid_bias = 2.0    # sigmoid weighting (Kingma & Gao 2023)
   s.cond_drop_rate = 0.1  # share of examples trained with the null context
+  s.importance = 0.0      # share of training noise levels drawn in proportion to the loss weight
+                          # (the loss corrected to stay the same in expectation); 0 = uniform t
   return s
 
 

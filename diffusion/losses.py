@@ -48,6 +48,42 @@ def loss_weight(name: str, *, logsnr: jax.Array, prediction: str, sigma_data: fl
   return x0_weight(name, logsnr=logsnr, sigma_data=sigma_data, **kwargs) * scale
 
 
+def _logsnr_and_slope(logsnr_fn, t: jax.Array, weighting: str):
+  """logSNR at t, and its slope dlogSNR/dt where the weighting needs it (elbo)."""
+  if weighting == 'elbo':
+    return jax.jvp(logsnr_fn, (t,), (jnp.ones_like(t),))
+  return logsnr_fn(t), None
+
+
+def level_weights(logsnr_fn: Callable[[jax.Array], jax.Array], timesteps: int, *,
+                  prediction: str, weighting: str, sigma_data: float = 0.5,
+                  min_snr_gamma: float = 5.0, sigmoid_bias: float = 2.0) -> jax.Array:
+  """[T] the weight diffusion_loss puts on the network's error at each training level
+  t = i / T, i = 1..T (non-finite ones, at the schedule's clipped ends, count as 0)."""
+  t = jnp.arange(1, timesteps + 1, dtype=jnp.float32) / timesteps
+  logsnr, dlogsnr_dt = _logsnr_and_slope(logsnr_fn, t, weighting)
+  w = loss_weight(weighting, logsnr=logsnr, prediction=prediction, sigma_data=sigma_data,
+                  dlogsnr_dt=dlogsnr_dt, min_snr_gamma=min_snr_gamma, sigmoid_bias=sigmoid_bias)
+  return jnp.where(jnp.isfinite(w), w, 0.0)
+
+
+def importance_levels(key: jax.Array, weights: jax.Array, batch_size: int,
+                      share: float) -> tuple[jax.Array, jax.Array]:
+  """(t [B], correction [B]): training levels drawn where the loss weighs them, for less noise.
+
+  Level i is drawn with q_i = share * w_i / sum(w) + (1 - share) / T instead of 1 / T, and its
+  loss is multiplied by (1 / T) / q_i, so the expected loss (and gradient) is exactly that of
+  uniform levels. With a weighting such as min-SNR, uniform levels spend a quarter of the batch
+  where the weight is nearly 0; drawn in proportion to it, every example carries about the same
+  weight (importance sampling; the EDM noise distribution does the same by design, Karras et al.
+  2022). The uniform share keeps every level drawn now and then.
+  """
+  num_levels = weights.shape[0]
+  q = share * weights / jnp.sum(weights) + (1.0 - share) / num_levels
+  i = jax.random.categorical(key, jnp.log(q), shape=(batch_size,))
+  return (i + 1).astype(jnp.float32) / num_levels, (1.0 / num_levels) / q[i]
+
+
 def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], x0: jax.Array,
                    t: jax.Array, eps: jax.Array, logsnr_fn: Callable[[jax.Array], jax.Array],
                    prediction: str, weighting: str, sigma_data: float = 0.5,
@@ -56,10 +92,7 @@ def diffusion_loss(*, model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.
 
   x0: [B, H, W, C] data; t: [B] times in (0, 1]; eps: standard normal like x0.
   """
-  if weighting == 'elbo':
-    logsnr, dlogsnr_dt = jax.jvp(logsnr_fn, (t,), (jnp.ones_like(t),))
-  else:
-    logsnr, dlogsnr_dt = logsnr_fn(t), None
+  logsnr, dlogsnr_dt = _logsnr_and_slope(logsnr_fn, t, weighting)
   x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
   scale = gaussian.input_scale(logsnr, prediction, sigma_data)
   out = model_fn(x_t * scale[:, None, None, None], t, logsnr).astype(jnp.float32)

@@ -50,7 +50,7 @@ RANGES = {
     'diffusion.sigma_min': _POSITIVE, 'diffusion.sigma_max': _POSITIVE,
     'diffusion.rho': _within(0.1, 100), 'diffusion.shift': _within(-40, 40),
     'diffusion.shift_t0': _within(-40, 40), 'diffusion.sigma_data': _POSITIVE,
-    'diffusion.min_snr_gamma': _POSITIVE, 'diffusion.sigmoid_bias': _ANY_FINITE,
+    'diffusion.min_snr_gamma': _POSITIVE, 'diffusion.importance': _within(0, 1), 'diffusion.sigmoid_bias': _ANY_FINITE,
     'train.learning_rate': _POSITIVE, 'train.warmup_steps': _STEPS,
     'train.weight_decay': _NATURAL, 'train.grad_clip': _NATURAL,
     'train.ema_halflife_kimg': _POSITIVE, 'train.ema_rampup': _NATURAL,

@@ -135,7 +135,7 @@ def train_step_kwargs(config, num_classes: int, backend: str) -> dict:
   return dict(logsnr_fn=logsnr_fn(diffusion), loss_kwargs=loss_kwargs(diffusion),
               timesteps=diffusion.timesteps, batch_size=train.batch_size, num_classes=num_classes,
               cond_drop_rate=diffusion.cond_drop_rate, ema_halflife_kimg=train.ema_halflife_kimg,
-              ema_rampup=train.ema_rampup, hflip=train.hflip,
+              ema_rampup=train.ema_rampup, hflip=train.hflip, importance=diffusion.importance,
               steps_per_dispatch=steps_per_dispatch(train, backend))
 
 
@@ -197,5 +197,5 @@ def multi_train_kwargs(configs, num_classes: int, backend: str) -> dict:
   return dict(unit_tx=optimizer(unit), logsnr_fn=logsnr_fn(diffusion),
               prediction=diffusion.prediction, weighting=diffusion.loss_weighting,
               timesteps=diffusion.timesteps, batch_size=config.train.batch_size,
-              hflip=config.train.hflip,
+              hflip=config.train.hflip, importance=diffusion.importance,
               num_classes=num_classes, steps_per_dispatch=steps_per_dispatch(config.train, backend))

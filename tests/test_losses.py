@@ -122,3 +122,40 @@ def test_simple_weighting_is_plain_mse_on_the_target():
   x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr_fn(t))
   np.testing.assert_allclose(np.asarray(got), np.asarray(jnp.mean((0.3 * x_t - eps) ** 2, axis=(1, 2, 3))),
                              rtol=1e-5)
+
+
+def _cpu_preset_weights():
+  return losses.level_weights(schedules.cosine(), 1000, prediction='v', weighting='min_snr',
+                              min_snr_gamma=5.0)
+
+
+def test_level_weights_are_the_loss_weights_on_the_training_grid():
+  t = jnp.arange(1, 1001, dtype=jnp.float32) / 1000
+  expected = losses.loss_weight('min_snr', logsnr=schedules.cosine()(t), prediction='v',
+                                min_snr_gamma=5.0)
+  np.testing.assert_allclose(np.asarray(_cpu_preset_weights()), np.asarray(expected), rtol=1e-6)
+  flat = losses.level_weights(schedules.cosine(), 10, prediction='v', weighting='simple')
+  np.testing.assert_array_equal(np.asarray(flat), np.ones(10))
+
+
+def test_importance_levels_keep_the_expected_loss_and_even_out_the_weights():
+  """Drawn where min-SNR weighs them, the levels' corrected weights average to the uniform
+  draw's mean weight (the same expected loss), with far less spread (less gradient noise)."""
+  w = _cpu_preset_weights()
+  t, correction = losses.importance_levels(jax.random.key(0), w, 200_000, 0.9)
+  i = np.round(np.asarray(t) * 1000).astype(int) - 1
+  assert i.min() >= 0 and i.max() <= 999
+  carried = np.asarray(w)[i] * np.asarray(correction)
+  uniform = np.asarray(w)
+  np.testing.assert_allclose(carried.mean(), uniform.mean(), rtol=0.01)
+  assert carried.std() < 0.5 * uniform.std()
+  # nearly-zero weight at logSNR < -2 (t > 0.78): a quarter of uniform draws, few here
+  assert np.mean(np.asarray(t) > 0.78) < 0.06 < np.mean(uniform < 0.1)
+
+
+def test_importance_share_0_or_a_flat_weighting_draws_uniformly_with_no_correction():
+  for w, share in ((_cpu_preset_weights(), 0.0), (jnp.ones(1000), 0.9)):
+    t, correction = losses.importance_levels(jax.random.key(1), w, 50_000, share)
+    np.testing.assert_allclose(np.asarray(correction), 1.0, rtol=1e-5)
+    counts = np.bincount((np.round(np.asarray(t) * 1000).astype(int) - 1) // 100, minlength=10)
+    assert counts.min() > 4_500 and counts.max() < 5_500  # ~5,000 per tenth of the levels

@@ -31,32 +31,45 @@ def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: fl
   return x0, context * keep
 
 
+def _levels(key, logsnr_fn, loss_kwargs: dict, timesteps: int, batch_size: int,
+            importance: float):
+  """(t, loss correction) of one batch: uniform levels (correction 1), or importance-drawn."""
+  if not importance:  # the draw every run before importance sampling made, kept bit for bit
+    t = jax.random.randint(key, (batch_size,), 1, timesteps + 1).astype(jnp.float32)
+    return t / timesteps, jnp.ones((batch_size,), jnp.float32)
+  weights = losses.level_weights(logsnr_fn, timesteps, **loss_kwargs)
+  return losses.importance_levels(key, weights, batch_size, importance)
+
+
 def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict,
                   timesteps: int, batch_size: int, num_classes: int, cond_drop_rate: float,
-                  ema_halflife_kimg: float, ema_rampup: float, mesh, hflip: bool = False):
+                  ema_halflife_kimg: float, ema_rampup: float, mesh, hflip: bool = False,
+                  importance: float = 0.0):
   """one_step(state, images, labels, key) -> (state, metrics), not jitted. The float settings
   may be traced values: runtime/multi_train.py vmaps it over models that differ only in them.
   hflip: train on random mirror images too (a switch: a side-facing sprite's mirror may mean
-  something else, or be another sprite of the set)."""
+  something else, or be another sprite of the set). importance: the share of noise levels drawn
+  where the loss weighs them (losses.importance_levels); 0 draws them uniformly."""
 
   def one_step(state: TrainState, images, labels, key):
     k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
     x0, context = _batch(images, labels, k_batch, batch_size, num_classes, cond_drop_rate, mesh,
                           hflip)
-    t = jax.random.randint(k_t, (batch_size,), 1, timesteps + 1).astype(jnp.float32) / timesteps
+    t, correction = _levels(k_t, logsnr_fn, loss_kwargs, timesteps, batch_size, importance)
     eps = jax.random.normal(k_eps, x0.shape)
 
     def loss_fn(params, batch):  # one device's rows (parallel.mean_value_and_grad)
-      x0, t, eps, context = batch
+      x0, t, eps, context, correction = batch
       # Each device draws its own dropout masks: a key shared by all would repeat one mask.
       key = jax.random.fold_in(k_dropout, jax.lax.axis_index('data'))
       network = models.network_fn(model, params, train=True, dropout_key=key)
       model_fn = lambda x, t_, logsnr: network(x, t_, logsnr, context)
       per_example = losses.diffusion_loss(model_fn=model_fn, x0=x0, t=t, eps=eps,
                                           logsnr_fn=logsnr_fn, **loss_kwargs)
-      return jnp.mean(per_example)
+      return jnp.mean(per_example * correction)
 
-    loss, grads = parallel.mean_value_and_grad(loss_fn, mesh)(state.params, (x0, t, eps, context))
+    loss, grads = parallel.mean_value_and_grad(loss_fn, mesh)(
+        state.params, (x0, t, eps, context, correction))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     beta = ema_decay(state.step, batch_size, ema_halflife_kimg, ema_rampup)
