@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import tiny_config
 from experiments import evaluate, train
 from experiments.data import dataset
-from experiments.quality import features, floor as floor_lib
+from experiments.quality import features, floor as floor_lib, grain
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
@@ -44,6 +44,9 @@ def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir)
   assert os.path.exists(os.path.join(workdir, 'eval', 'step000002_ddim4.json'))
   again = np.load(os.path.join(workdir, 'eval', 'step000002_ddim4_samples.npz'))
   assert again['images'].shape == (24, 16, 16, 3) and again['labels'].shape == (24,)
+  assert report['grain']['samples'] == pytest.approx(grain.grain(again['images']))
+  assert report['grain']['ratio'] == pytest.approx(
+      report['grain']['samples'] / report['grain']['real_heldout'])
 
 
 def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from experiments.quality import metrics
+from experiments.quality import grain, metrics
 
 
 def _gaussian(rng, n, d, shift=0.0, scale=1.0):
@@ -141,3 +141,41 @@ def test_map_row_blocks_handles_any_row_count(n):
   x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
   out = metrics.map_row_blocks(lambda b: b.sum(1), x, 16)
   np.testing.assert_allclose(np.asarray(out), x.sum(1))
+
+
+def _sprites_of_flat_regions(n=6, size=16, seed=0):
+  """Sprites of two or three flat colors each: a white background, a block, a bar."""
+  rng = np.random.default_rng(seed)
+  x = np.full((n, size, size, 3), 250, np.uint8)
+  for i in range(n):
+    y0, x0 = rng.integers(2, 8, 2)
+    x[i, y0:y0 + 6, x0:x0 + 6] = rng.integers(0, 200, 3)
+    x[i, 12:14, 2:14] = rng.integers(0, 200, 3)
+  return x
+
+
+def test_grain_is_0_for_flat_regions_and_unchanged_when_a_sprite_is_paler():
+  flat = _sprites_of_flat_regions()
+  assert grain.grain(flat) == 0.0
+  noisy = flat.astype(np.int16) + np.random.default_rng(1).integers(-12, 13, flat.shape)
+  noisy = np.clip(noisy, 0, 255).astype(np.uint8)
+  assert grain.grain(noisy) > 0.05
+  # half the contrast (even values halve exactly): both sums halve, the ratio stays
+  even = (noisy // 2) * 2
+  paler = (even // 2 + 100).astype(np.uint8)
+  assert grain.grain(paler) == pytest.approx(grain.grain(even), rel=1e-6)
+
+
+def test_grain_finds_a_speckle_and_ignores_pixels_outside_the_sprite():
+  flat = np.full((1, 4, 4, 3), 200, np.uint8)
+  flat[0, 1, 2] = (0, 200, 200)  # one speckle: 200 away from all 4 neighbors in one channel
+  nearest, farthest = grain.pixel_steps(flat)
+  assert nearest[0, 1, 2] == 200 and farthest[0, 1, 2] == 200
+  assert nearest[0, 0, 2] == 0 and farthest[0, 0, 2] == 200  # its neighbor: an edge, not noise
+  corner = np.zeros((1, 2, 2, 3), np.uint8)
+  corner[0, 0, 0] = 255  # its two neighbors inside the sprite both differ; no padding counts
+  assert grain.pixel_steps(corner)[0][0, 0, 0] == 255
+  r = grain.report(flat, np.full((3, 4, 4, 3), 9, np.uint8))
+  assert r['samples'] > 0 and r['real_heldout'] == 0.0 and r['ratio'] is None
+  with pytest.raises(ValueError, match='at least 2x2'):
+    grain.grain(np.zeros((2, 1, 5, 3), np.uint8))

@@ -18,6 +18,7 @@ def caveats(report: dict) -> list[str]:
 # whether a sample reads as the class it was asked for.
 TRUSTED_ACCURACY = 0.7
 RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
+FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as flat as real"
 
 
 def _closeness(ratio) -> str:
@@ -38,6 +39,14 @@ def _class_words(acc: dict, net_accuracy) -> str | None:
           f"held-out sprites {100 * acc['real_heldout']:.0f}%")
 
 
+def _grain_words(g: dict | None) -> str | None:
+  if not g or g['ratio'] is None:
+    return None
+  return (f"grain {g['samples']:.3f} vs {g['real_heldout']:.3f} for real sprites: "
+          + ('fills as flat as real ones' if g['ratio'] <= FLAT_GRAIN
+             else f"{g['ratio']:.1f}x as grainy (speckled, blotchy fills)"))
+
+
 def verdict(report: dict) -> list[str]:
   """The report in words, each sentence only as strong as its numbers allow."""
   fid, recall, mem = report['fid'], report['recall'], report['memorization']
@@ -46,6 +55,7 @@ def verdict(report: dict) -> list[str]:
          f"recall {recall['samples']:.2f} vs {recall['floor']:.2f} for real sprites: "
          + ('as varied as real sprites' if varied else 'less varied than real sprites'),
          _class_words(report['conditional_accuracy'], report['feature_net']['test_accuracy']),
+         _grain_words(report.get('grain')),
          f"copies: {100 * mem['samples']['exact_copy_rate']:.1f}% exact, "
          f"{100 * mem['samples']['near_copy_rate']:.1f}% near (held-out real sprites: "
          f"{100 * mem['real_heldout']['near_copy_rate']:.1f}% near)"]
@@ -74,6 +84,10 @@ def summary(r: dict) -> str:
   acc = r['conditional_accuracy']
   lines.append(f"{'conditional accuracy':22}{_pct(acc['samples']):>10}{'':8}"
                f"{_pct(acc['real_heldout']):>12}  (real held-out sprites)")
+  g = r.get('grain')
+  if g and g['samples'] is not None and g['real_heldout'] is not None:
+    lines.append(f"{'grain (noise / edges)':22}{g['samples']:10.4f}{'':8}{g['real_heldout']:12.4f}"
+                 f"{'':8}{g['ratio'] or float('nan'):8.2f}  (real held-out sprites)")
   s, h = mem['samples'], mem['real_heldout']
   lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
             f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"

@@ -24,6 +24,7 @@ METRICS = (('fid', 'FID ↓', ('fid', 'samples')),
            ('precision', 'precision ↑', ('precision', 'samples')),
            ('recall', 'recall ↑', ('recall', 'samples')),
            ('cond_acc', 'cond. accuracy ↑', ('conditional_accuracy', 'samples')),
+           ('grain', 'grain ↓', ('grain', 'samples')),
            ('near_copy', 'near copies ↓', ('memorization', 'samples', 'near_copy_rate')),
            ('exact_copy', 'exact copies ↓', ('memorization', 'samples', 'exact_copy_rate')))
 COSTS = ('train_minutes', 'eval_minutes', 'images_seen')
@@ -44,8 +45,8 @@ def record(run: plan.Run) -> dict:
     report = json.load(f)
   for key, _, where in METRICS:
     value = report
-    for part in where:
-      value = value[part]
+    for part in where:  # None where an older evaluation lacks the metric
+      value = value.get(part) if isinstance(value, dict) else None
     out[key] = value
   out['samples'] = report['samples']['count']
   out['images_seen'] = report['step'] * run.config.train.batch_size
