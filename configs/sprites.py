@@ -85,8 +85,12 @@ def _accelerator(c):
   c.model.update(name='unet', n_feat=128, channel_mult=(1, 2, 2), blocks=2, attention=(1, 2),
                  dropout=0.1, dtype='bfloat16')
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v')
+  # 25.6M sprites is thousands of epochs of a 2,000-sprite set, and the last H100 run (1.5M)
+  # already leaned towards the training set (README, Results): an evaluation, memorization audit
+  # included, every 10,000 steps shows when that starts, and those checkpoints are kept for good.
   c.train.update(steps=50_000, batch_size=512, learning_rate=1e-3, warmup_steps=500,
-                 lr_schedule='cosine', log_every=500, ckpt_every=5_000)
+                 lr_schedule='cosine', log_every=500, ckpt_every=5_000, eval_every=10_000,
+                 keep_every=10_000)
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, per_class=16)
 
 
