@@ -26,7 +26,7 @@ def pixel_steps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   steps = np.stack([np.abs(x - padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]).max(axis=-1)
                     for dy, dx in _NEIGHBORS]).astype(np.float32)  # [4, N, H, W]
   inside = np.ones((4, 1, h, w), bool)  # pixels whose neighbor in that direction exists
-  inside[0, :, 0], inside[1, :, -1], inside[2, :, :, 0], inside[3, :, :, -1] = False, False, False, False
+  inside[0, :, 0] = inside[1, :, -1] = inside[2, :, :, 0] = inside[3, :, :, -1] = False
   nearest = np.where(inside, steps, np.inf).min(axis=0)
   farthest = np.where(inside, steps, -np.inf).max(axis=0)
   return nearest, farthest
