@@ -61,6 +61,9 @@ def _diffusion() -> ml_collections.ConfigDict:
 def _train() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.steps = 10_000
+  s.max_epochs = 0.0          # > 0: stop after this many passes over the train split if that
+                              # comes first (a small set is memorized after a fixed number of
+                              # passes, not steps); train.steps is then set from the data
   s.batch_size = 100          # global batch, split over all devices
   s.learning_rate = 1e-3
   s.lr_schedule = 'linear'    # constant | linear (to 0, as the course) | cosine

@@ -6,9 +6,11 @@ numbers. `validate` runs before any data is built or any array allocated, so a b
 """
 import inspect
 import json
+import math
 
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
 from experiments import config_checks
@@ -84,6 +86,7 @@ def validate(config) -> None:
   _check(0.0 <= diffusion.cond_drop_rate <= 1.0, 'diffusion.cond_drop_rate must be in [0, 1].')
   _check(train.steps >= 0 and train.batch_size >= 1,
          'train.steps must be >= 0 and train.batch_size >= 1.')
+  _check(train.max_epochs >= 0, f'train.max_epochs={train.max_epochs}: must be >= 0 (0 = no cap).')
   _check(train.steps_per_dispatch >= 0 and train.steps % max(train.steps_per_dispatch, 1) == 0,
          f'train.steps={train.steps} must be a multiple of train.steps_per_dispatch='
          f'{train.steps_per_dispatch} (or set it to 0: automatic).')
@@ -109,6 +112,32 @@ def _validate_unet(model_cfg, image_size: int) -> None:
          f'{2 ** (levels - 1)}.')
   _check(all(0 <= a < levels for a in model_cfg.attention),
          f'model.attention={tuple(model_cfg.attention)}: levels must be in 0..{levels - 1}.')
+
+
+def capped_steps(train_cfg, train_size: int) -> int:
+  """train.steps, or fewer where train.max_epochs passes over `train_size` sprites come first.
+
+  Why passes and not steps: the training time at which a diffusion model starts to reproduce
+  its training images grows in proportion to their number (Favero et al. 2025, "Bigger Isn't
+  Always Memorizing"; Bonnaire et al. 2025), so one step budget cannot suit 2,000 sprites and
+  89,400. Rounded up to whole dispatches (10 steps when automatic) so that fused steps still
+  divide it."""
+  if train_cfg.max_epochs <= 0:
+    return train_cfg.steps
+  unit = train_cfg.steps_per_dispatch or 10
+  passes = math.ceil(train_cfg.max_epochs * train_size / train_cfg.batch_size / unit) * unit
+  return min(train_cfg.steps, max(passes, unit))
+
+
+def cap_steps(config, train_size: int) -> None:
+  """Lower config.train.steps to capped_steps, saying so; before the optimizer is built, so that
+  its schedule ends there too."""
+  steps = capped_steps(config.train, train_size)
+  if steps < config.train.steps:
+    logging.info('train.max_epochs=%g: that many passes over %d training sprites end this run at '
+                 'step %d, before train.steps=%d (raise train.max_epochs, or set it to 0, to train '
+                 'longer).', config.train.max_epochs, train_size, steps, config.train.steps)
+    config.train.steps = steps
 
 
 def steps_per_dispatch(train_cfg, backend: str) -> int:

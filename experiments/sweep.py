@@ -19,7 +19,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import evaluate
+from experiments import evaluate, from_config
+from experiments.data import dataset
 from experiments.runtime import checkpoints, files, hosts, logs
 from experiments.sweeps import plan, report, table, training
 
@@ -55,6 +56,9 @@ def latest_step(workdir: str) -> int:
 
 def train_piece(piece: list) -> None:
   """Train the piece's models that are not finished, those at one step as one group."""
+  size = len(dataset.load(piece[0].config.data, 'train').images)  # a piece shares its data
+  for run in piece:
+    from_config.cap_steps(run.config, size)
   steps = {run.workdir: latest_step(run.workdir) for run in piece}
   todo = [run for run in piece if steps[run.workdir] < run.config.train.steps]
   for start in sorted({steps[run.workdir] for run in todo}):

@@ -58,6 +58,7 @@ def run(config, workdir: str):
 def _prepare(config, workdir: str):
   """(data, mesh, state kwargs, checkpoint manager, state): every check, then the records."""
   data = dataset.load(config.data, 'train')
+  from_config.cap_steps(config, len(data.images))
   drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)  # mix classes
   if config.eval.at_end or config.train.eval_every:
     dataset.check_split(config.data, 'test')  # before hours of training, not after

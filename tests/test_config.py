@@ -89,6 +89,31 @@ def test_steps_per_dispatch_resolves_automatic(steps, asked, backend, expected):
   assert from_config.steps_per_dispatch(config.train, backend) == expected
 
 
+@pytest.mark.parametrize('max_epochs, size, per_dispatch, expected', [
+    (0.0, 2_000, 0, 50_000),       # no cap
+    (800.0, 1_878, 0, 2_940),      # DawnLike: 2,934.4 steps of 512, up to whole dispatches of 10
+    (800.0, 1_456, 4, 2_276),      # emoji, an explicit dispatch size: 2,275 up to a multiple of 4
+    (800.0, 89_400, 0, 50_000),    # the course's set: train.steps comes first
+    (1e-6, 10, 0, 10),             # at least one dispatch
+])
+def test_max_epochs_caps_steps_by_the_size_of_the_training_split(max_epochs, size, per_dispatch,
+                                                                 expected):
+  config = sprites.get_config('smoke')
+  config.train.update(steps=50_000, batch_size=512, max_epochs=max_epochs,
+                      steps_per_dispatch=per_dispatch)
+  assert from_config.capped_steps(config.train, size) == expected
+  from_config.cap_steps(config, size)
+  assert config.train.steps == expected
+  from_config.validate(config)  # still a multiple of the dispatch size
+
+
+def test_negative_max_epochs_is_refused_by_name():
+  config = sprites.get_config('smoke')
+  config.train.max_epochs = -1.0
+  with pytest.raises(ValueError, match='train.max_epochs'):
+    from_config.validate(config)
+
+
 @pytest.mark.parametrize('preset, num_classes, count', [
     ('smoke', 8, 94_691),         # ContextUnet, 16 channels
     ('cpu', 8, 2_254_923),        # UNet 24/48/120, attention at 4x4 (the main job's log says it)

@@ -55,6 +55,19 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, data_dir):
                (a.params, a.ema_params, a.opt_state), (b.params, b.ema_params, b.opt_state))
 
 
+def test_max_epochs_ends_the_run_early_and_a_rerun_finds_it_done(tmp_path, data_dir):
+  # 0.02 passes over the 1,456 training emoji at batch 16 are 1.8 steps: the run ends at step 2.
+  workdir = str(tmp_path / 'run')
+  capped = {'train.steps': 1_000, 'train.max_epochs': 0.02, 'train.steps_per_dispatch': 1,
+            'sample.gif': False, 'sample.steps': 1}
+  config = tiny_config(data_dir, **capped)
+  train.run(config, workdir)
+  assert checkpoints.manager(workdir, 2).latest_step() == 2
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['train']['steps'] == 2
+  assert int(train.run(tiny_config(data_dir, **capped), workdir).step) == 2
+
+
 def test_a_different_model_in_the_workdir_is_refused_and_kept(tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
   train.run(tiny_config(data_dir, **{'sample.gif': False, 'sample.steps': 1}), workdir)
