@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import tiny_config
 from experiments import evaluate, train
 from experiments.data import dataset
-from experiments.quality import features, floor as floor_lib, grain
+from experiments.quality import features, floor as floor_lib, grain, report as quality_report
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
@@ -63,7 +63,20 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
   assert samples['mirrored_share'] == pytest.approx(0.5, abs=0.05)
   assert heldout['exact_copy_rate'] == 0.0 and heldout['near_copy_rate'] < 0.05
   assert report['memorization']['pixel_closer_than_heldout_p5'] == 1.0
+  assert 'drawing its training sprites back' in ' '.join(quality_report.verdict(report))
   assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_nearest.png'))
+
+
+@pytest.mark.parametrize('pixel, feature, words', [
+    (0.0, 0.012, 'as new as real sprites'),          # the main job
+    (0.037, 0.102, 'leaning towards the training set'),  # the H100 run after 818 passes
+    (0.959, 0.947, 'drawing its training sprites back'),  # 736 passes over 174 sprites
+])
+def test_the_verdict_names_samples_nearer_the_training_set_than_held_out_ones(pixel, feature,
+                                                                             words):
+  mem = {'pixel_closer_than_heldout_p5': pixel, 'feature_closer_than_heldout_p5': feature}
+  assert quality_report._novelty_words(mem).startswith(f'{100 * max(pixel, feature):.0f}% of')
+  assert words in quality_report._novelty_words(mem)
 
 
 def _features(rng, n, shift=0.0):
