@@ -165,3 +165,19 @@ def test_shipped_sweep_files_apply_to_the_cpu_preset(name):
   base = plan.apply(sprites.get_config('cpu'), spec.base)
   for point in spec.points:
     from_config.validate(plan.apply(base, point))
+
+
+def test_a_sweep_caps_each_run_at_max_epochs_and_skips_one_finished_there(data_dir, monkeypatch):
+  # 0.02 passes over the 1,456 training emoji at batch 16: 1.8 steps, so 2 (dispatches of 1).
+  config = tiny_config(data_dir, **{'train.steps': 1_000, 'train.max_epochs': 0.02,
+                                    'train.steps_per_dispatch': 1})
+  run = plan.Run(point=0, seed=0, overrides={}, config=config, workdir='/nonexistent')
+  trained = []
+  monkeypatch.setattr(training, 'train_group', lambda configs, workdirs: trained.append(
+      [c.train.steps for c in configs]))
+  monkeypatch.setattr(sweep, 'latest_step', lambda workdir: 0)
+  sweep.train_piece([run])
+  assert trained == [[2]]
+  monkeypatch.setattr(sweep, 'latest_step', lambda workdir: 2)
+  sweep.train_piece([run])
+  assert trained == [[2]], 'a run that stopped at its cap is finished, not trained again'
