@@ -56,9 +56,10 @@ def latest_step(workdir: str) -> int:
 
 def train_piece(piece: list) -> None:
   """Train the piece's models that are not finished, those at one step as one group."""
-  size = len(dataset.load(piece[0].config.data, 'train').images)  # a piece shares its data
-  for run in piece:
-    from_config.cap_steps(run.config, size)
+  if any(run.config.train.max_epochs > 0 for run in piece):
+    size = dataset.split_size(piece[0].config.data, 'train')  # a piece shares its data
+    for run in piece:
+      from_config.cap_steps(run.config, size)
   steps = {run.workdir: latest_step(run.workdir) for run in piece}
   todo = [run for run in piece if steps[run.workdir] < run.config.train.steps]
   for start in sorted({steps[run.workdir] for run in todo}):

@@ -72,6 +72,14 @@ def check_split(data_cfg, split: str) -> None:
     raise ValueError(_missing_split(b, split))
 
 
+def split_size(data_cfg, split: str = 'train') -> int:
+  """How many sprites `split` holds, from the prepared dataset's metadata (no sprite read)."""
+  b = _prepared(data_cfg)
+  if split not in b.info.splits:
+    raise ValueError(_missing_split(b, split))
+  return b.info.splits[split].num_examples
+
+
 def load(data_cfg, split: str = 'train') -> SpriteData:
   """The whole `split` of the configured source, built first if it is not prepared yet."""
   b = _prepared(data_cfg)
