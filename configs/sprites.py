@@ -59,8 +59,8 @@ def _cpu(c):
   # sprite barely depends on the batch), twice the updates; over two seeds as close to real on FID,
   # recall a little higher, fills a little flatter to the eye (README, Ablations).
   # At most 250 passes over the training split: binds only below 512 sprites (the emoji get 88).
-  # 736 passes over 174 emoji drew them back almost pixel for pixel; 250 made no copies, with
-  # the first sign of leaning (README, Presets).
+  # 736 passes over 174 emoji drew them back almost pixel for pixel; 250 left no near copies,
+  # but samples still lean towards the training sprites (README, Presets).
   c.train.update(steps=4_000, max_epochs=250.0, batch_size=32, learning_rate=2e-3,
                  warmup_steps=100, lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100,
                  ckpt_every=400)
