@@ -19,9 +19,9 @@ def get_sweep():
   runs = [{'sample.sampler': 'ddpm', 'sample.steps': n} for n in (50, 100, 250)]
   runs += [{'sample.sampler': s, 'sample.steps': n}
            for s in ('ddim', 'euler', 'dpmpp_2m') for n in (10, 25, 50)]
-  # No heun: its step assumes EDM's sigma_max ~ 80, and from the cosine schedule's logSNR -20
-  # it diverges (FID 150-210 times the floor at 10 and 25 steps, measured); sweep it with
-  # --config.diffusion.schedule=edm.
+  # Heun calls the network twice per step (once on the first and last): 5, 13 and 25 steps
+  # make 8, 24 and 48 calls, against the others' 10, 25 and 50.
+  runs += [{'sample.sampler': 'heun', 'sample.steps': n} for n in (5, 13, 25)]
   runs += [{'sample.sampler': 'dpmpp_2m', 'sample.steps': 25, 'sample.guidance': w}
            for w in (0.0, 2.0, 4.0)]
   return runs
