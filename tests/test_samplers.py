@@ -89,7 +89,7 @@ def test_deterministic_samplers_solve_the_probability_flow_ode(sampler, schedule
 @pytest.mark.parametrize('sampler', ['heun', 'dpmpp_2m'])
 def test_second_order_samplers_converge_faster_than_euler(sampler):
   """On EDM's schedule: error / 4 per doubling of steps (2nd order) against Euler's / 2."""
-  logsnr_fn = schedules.edm()  # EDM's Heun assumes sigma_max ~ 80 (see diffusion.samplers.heun)
+  logsnr_fn = schedules.edm()  # EDM's own setting: every Heun step but the last corrected
   denoise = gaussian_denoiser()
   x1 = np.asarray(samplers.initial_noise(_keys(64), (2, 2, 1)))
   (a1, s1), (a0, s0) = ((float(v) for v in schedules.alpha_sigma(logsnr_fn(jnp.float32(t))))
