@@ -65,19 +65,18 @@ def _missing_split(b: tfds_builder.Sprites, split: str) -> str:
   return f'The dataset {name} has no split {split!r}; it has: {", ".join(b.info.splits)}.'
 
 
-def check_split(data_cfg, split: str) -> None:
-  """Raise ValueError, saying why and what to do, if the configured dataset has no `split`."""
-  b = _prepared(data_cfg)
-  if split not in b.info.splits:
-    raise ValueError(_missing_split(b, split))
-
-
 def split_size(data_cfg, split: str = 'train') -> int:
-  """How many sprites `split` holds, from the prepared dataset's metadata (no sprite read)."""
+  """How many sprites `split` holds, from the prepared dataset's metadata (no sprite read);
+  a ValueError saying why and what to do if the configured dataset has no `split`."""
   b = _prepared(data_cfg)
   if split not in b.info.splits:
     raise ValueError(_missing_split(b, split))
   return b.info.splits[split].num_examples
+
+
+def check_split(data_cfg, split: str) -> None:
+  """Raise ValueError, saying why and what to do, if the configured dataset has no `split`."""
+  split_size(data_cfg, split)
 
 
 def load(data_cfg, split: str = 'train') -> SpriteData:
