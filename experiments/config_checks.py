@@ -10,6 +10,7 @@ import jax
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+from experiments.runtime import state
 
 SEED_LIMIT = 2**32  # jax.random.key and numpy generators take seeds below this
 
@@ -110,13 +111,11 @@ def check_values(config) -> None:
 _BUILT: dict = {}  # (model section, image size) -> why it cannot be built ('' if it can)
 
 
-def _build_error(config) -> str:
-  """'' if the configured model can be built, else why not (traced only: no arrays allocated)."""
-  from experiments import from_config  # pylint: disable=import-outside-toplevel (a cycle otherwise)
-  from experiments.runtime import state  # pylint: disable=import-outside-toplevel
+def _build_error(config, model) -> str:
+  """'' if `model` (the configured one) can be built, else why not (traced only: no arrays
+  allocated)."""
   key = (repr(sorted(config.model.items())), config.data.image_size)
   if key not in _BUILT:
-    model = from_config.model(config.model, 1)
     try:
       jax.eval_shape(lambda: state.init(model, optax.identity(), state.init_key(0),
                                         config.data.image_size, 1))
@@ -127,10 +126,11 @@ def _build_error(config) -> str:
   return _BUILT[key]
 
 
-def check_model(config) -> None:
-  """Raise ValueError naming model.* when the configured model cannot be built (e.g. a width that
-  its GroupNorm cannot split), instead of failing inside Flax at the first step."""
-  why = _build_error(config)
+def check_model(config, model) -> None:
+  """Raise ValueError naming model.* when `model`, the network config.model describes (built by
+  from_config.model, which imports this module), cannot be built (e.g. a width that its
+  GroupNorm cannot split), instead of failing inside Flax at the first step."""
+  why = _build_error(config, model)
   if why:
     raise ValueError(f'model.n_feat={config.model.n_feat} (model.name={config.model.name}, '
                      f'data.image_size={config.data.image_size}): this model cannot be built '

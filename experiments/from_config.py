@@ -97,7 +97,7 @@ def validate(config) -> None:
   _validate_unet(config.model, config.data.image_size)
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
-  config_checks.check_model(config)
+  config_checks.check_model(config, model(config.model, 1))
 
 
 def _validate_unet(model_cfg, image_size: int) -> None:
