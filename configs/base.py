@@ -69,6 +69,7 @@ def _train() -> ml_collections.ConfigDict:
   s.lr_schedule = 'linear'    # constant | linear (to 0, as the course) | cosine
   s.warmup_steps = 0
   s.weight_decay = 0.0        # AdamW when > 0
+  s.adam_beta2 = 0.999        # Adam's second-moment decay (EDM2 uses 0.99: adapts faster)
   s.grad_clip = 0.0           # global-norm clip when > 0
   s.hflip = False             # also train on mirror images (off: a side-facing sprite's
                               # mirror can mean another thing; the copy audit checks mirrors)

@@ -55,6 +55,7 @@ RANGES = {
     'diffusion.importance': _within(0, 1),
     'train.learning_rate': _POSITIVE, 'train.warmup_steps': _STEPS,
     'train.weight_decay': _NATURAL, 'train.grad_clip': _NATURAL,
+    'train.adam_beta2': _within(0, 1, open_high=True),
     'train.ema_halflife_kimg': _POSITIVE, 'train.ema_rampup': _NATURAL,
     'train.log_every': _NATURAL, 'train.ckpt_every': _NATURAL, 'train.keep_checkpoints': _COUNT,
     'train.keep_every': _NATURAL, 'train.sample_every': _NATURAL, 'train.eval_every': _NATURAL,

@@ -55,8 +55,9 @@ def learning_rate(train_cfg) -> optax.Schedule:
 def optimizer(train_cfg) -> optax.GradientTransformation:
   """Adam (AdamW when train.weight_decay > 0), after a global-norm clip when train.grad_clip > 0."""
   lr = learning_rate(train_cfg)
-  adam = (optax.adamw(lr, weight_decay=train_cfg.weight_decay) if train_cfg.weight_decay > 0
-          else optax.adam(lr))
+  b2 = train_cfg.adam_beta2
+  adam = (optax.adamw(lr, b2=b2, weight_decay=train_cfg.weight_decay)
+          if train_cfg.weight_decay > 0 else optax.adam(lr, b2=b2))
   if train_cfg.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adam)
   return adam

@@ -57,6 +57,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('train.steps_per_dispatch', -1, 'multiple of train.steps_per_dispatch'),
     ('data.image_size', 18, 'multiple of 4'),
     ('sample.guidance_logsnr', '3,-3', 'sample.guidance_logsnr'),
+    ('train.adam_beta2', 1.0, 'train.adam_beta2'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')
@@ -139,3 +140,17 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'dpmpp_2m', 25, 2.0, 0, '-2,3') == 'step000007_dpmpp_2m25_g2i-2to3'
   assert drawing.output_name(7, 'dpmpp_2m', 25, 0.0, 0, '-2,3') == 'step000007_dpmpp_2m25'
   assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'
+
+
+@pytest.mark.parametrize('weight_decay', [0.0, 0.1])
+def test_adam_beta2_sets_the_second_moment_decay(weight_decay):
+  """After one update from zero, Adam's second moment is (1 - beta2) g^2, with or without decay."""
+  config = sprites.get_config('smoke')
+  config.train.update(adam_beta2=0.9, weight_decay=weight_decay)
+  params = {'w': jnp.ones((3,))}
+  grads = {'w': jnp.asarray([1.0, -2.0, 3.0])}
+  tx = from_config.optimizer(config.train)
+  _, state = tx.update(grads, tx.init(params), params)
+  nu = [s.nu for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, 'nu')) if hasattr(s, 'nu')]
+  assert len(nu) == 1
+  assert jnp.allclose(nu[0]['w'], 0.1 * grads['w'] ** 2)

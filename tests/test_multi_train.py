@@ -81,7 +81,7 @@ def test_vmapped_models_equal_separate_runs(data_dir):
 
 @pytest.mark.parametrize('train', [
     {'lr_schedule': 'cosine', 'warmup_steps': 2},
-    {'lr_schedule': 'linear', 'weight_decay': 0.1, 'grad_clip': 0.5}])
+    {'lr_schedule': 'linear', 'weight_decay': 0.1, 'grad_clip': 0.5, 'adam_beta2': 0.99}])
 def test_optimizer_scaled_by_the_peak_equals_the_optimizer_at_that_peak(train):
   """multi_train builds each group's optimizer once with peak 1 and scales by each model's peak."""
   config = tiny_config('unused', **{f'train.{k}': v for k, v in train.items()})
