@@ -74,6 +74,24 @@ def _run_mode(mode: str, config, workdir: str) -> None:
     sys.exit(1)
 
 
+def _parse_flags(argv):
+  """absl's parsing, plus a clear message for a --config.* override that names no key: config_flags
+  raises AttributeError (or KeyError) from inside ml_collections there, not a flags error."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    name, _, hint = str(e.args[0] if e.args else e).partition('\n')
+    name = name.strip('\'"')
+    given = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    flag = next((a for a in given if name in a.split('.')[1:]), '--config.*')
+    print(f'FATAL Flags parsing error: {flag}: the config has no key {name!r}'
+          f'{" (" + hint.strip() + ")" if hint.strip() else ""}. Keys are --config.<section>.<key>, '
+          'as listed in configs/base.py.', file=sys.stderr)
+    sys.exit(1)
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
@@ -93,4 +111,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

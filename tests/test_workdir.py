@@ -125,6 +125,18 @@ def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
   assert 'Traceback' not in done.stderr
 
 
+def test_the_launcher_names_a_misspelled_key_without_a_traceback(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
+       '--config.train.stepz=3'], cwd=root, capture_output=True, text=True, check=False)
+  assert done.returncode == 1
+  assert "--config.train.stepz: the config has no key 'stepz'" in done.stderr
+  assert 'Did you mean "steps"' in done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not os.listdir(tmp_path)  # refused before anything was written
+
+
 def test_divergence_before_any_checkpoint_says_so(tmp_path):
   mngr = checkpoints.manager(str(tmp_path), 2)
   with pytest.raises(FloatingPointError, match='No checkpoint was saved yet') as error:
