@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_config
 from experiments import from_config
-from experiments.runtime import checkpoints, integrity, parallel, state as state_lib
+from experiments.runtime import checkpoints, drawing, integrity, parallel, state as state_lib
 
 
 def _toy_state(step: int, poison: bool = False) -> state_lib.TrainState:
@@ -179,3 +179,13 @@ def test_keep_checkpoints_below_one_is_refused_by_name(keep):
   config = tiny_config('unused', **{'train.keep_checkpoints': keep})
   with pytest.raises(ValueError, match='train.keep_checkpoints'):
     from_config.validate(config)
+
+
+def test_reading_a_workdir_without_checkpoints_creates_no_folder(tmp_path):
+  """A mistyped --workdir for --mode=sample or eval is refused, and leaves nothing behind."""
+  config, missing = tiny_config(str(tmp_path / 'data')), tmp_path / 'typo'
+  with pytest.raises(FileNotFoundError, match='No checkpoint in'):
+    drawing.restore_params(str(missing), parallel.make_mesh(), True,
+                           **from_config.state_kwargs(config, 8))
+  assert checkpoints.manager(str(missing), 1, create=False).latest_step() is None
+  assert not missing.exists()

@@ -47,8 +47,10 @@ def _save_replicas_whole_on_cpu() -> None:
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
-def manager(workdir: str, keep: int, keep_every: int = 0) -> ocp.CheckpointManager:
-  """Keeps the `keep` latest checkpoints, and for good every one at a multiple of `keep_every`."""
+def manager(workdir: str, keep: int, keep_every: int = 0,
+            create: bool = True) -> ocp.CheckpointManager:
+  """Keeps the `keep` latest checkpoints, and for good every one at a multiple of `keep_every`.
+  create=False for readers: a mistyped --workdir is then refused without leaving a folder there."""
   _save_replicas_whole_on_cpu()
   if keep < 1 or keep_every < 0:
     raise ValueError(f'train.keep_checkpoints={keep} must be >= 1 and train.keep_every='
@@ -58,7 +60,7 @@ def manager(workdir: str, keep: int, keep_every: int = 0) -> ocp.CheckpointManag
   if keep_every:
     keep_policies.append(policies.EveryNSteps(interval_steps=keep_every))
   options = ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=False,
+      create=create, enable_async_checkpointing=False,
       preservation_policy=policies.AnyPreservationPolicy(keep_policies))
   # Naming the handler lets a fresh manager read a checkpoint's metadata before restoring.
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),

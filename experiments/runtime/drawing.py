@@ -34,7 +34,7 @@ class Sampling:
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
   """(step, params) of the workdir's latest checkpoint: its EMA weights if `use_ema`."""
-  state = state_lib.create_or_restore(mesh=mesh, mngr=checkpoints.manager(workdir, 1),
+  state = state_lib.create_or_restore(mesh=mesh, mngr=checkpoints.manager(workdir, 1, create=False),
                                       must_exist=True, **state_kwargs)
   if state is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints: train first '
