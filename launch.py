@@ -85,7 +85,9 @@ def _parse_flags(argv):
     name, _, hint = str(e.args[0] if e.args else e).partition('\n')
     name = name.strip('\'"')
     given = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
-    flag = next((a for a in given if name in a.split('.')[1:]), '--config.*')
+    flag = next((a for a in given if name in a.split('.')[1:]), None)
+    if flag is None:  # not an override's key: an error inside the config file itself
+      raise
     print(f'FATAL Flags parsing error: {flag}: the config has no key {name!r}'
           f'{" (" + hint.strip() + ")" if hint.strip() else ""}. Keys are --config.<section>.<key>, '
           'as listed in configs/base.py.', file=sys.stderr)

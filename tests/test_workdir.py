@@ -142,3 +142,15 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path):
   with pytest.raises(FloatingPointError, match='No checkpoint was saved yet') as error:
     train._check_finite({'loss': float('nan')}, 7, mngr)  # pylint: disable=protected-access
   assert 'None' not in str(error.value)
+
+
+def test_an_attribute_error_inside_a_config_file_is_not_called_a_missing_key(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config_file = tmp_path / 'broken.py'
+  config_file.write_text('def get_config():\n  return None.steps\n')
+  done = subprocess.run(
+      [sys.executable, 'launch.py', f'--config={config_file}', f'--workdir={tmp_path / "run"}'],
+      cwd=root, capture_output=True, text=True, check=False)
+  assert done.returncode != 0
+  assert 'has no key' not in done.stderr
+  assert "'NoneType' object has no attribute 'steps'" in done.stderr
