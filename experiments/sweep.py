@@ -49,9 +49,7 @@ def models_per_step(requested: int, backend: str) -> int:
 
 def latest_step(workdir: str) -> int:
   """The step of the workdir's latest checkpoint, 0 without one (and without creating folders)."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    return 0
-  return checkpoints.manager(workdir, 1).latest_step() or 0
+  return checkpoints.manager(workdir, 1, create=False).latest_step() or 0
 
 
 def train_piece(piece: list) -> None:

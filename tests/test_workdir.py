@@ -115,21 +115,24 @@ def test_a_resume_drops_the_metric_rows_logged_after_its_checkpoint(tmp_path):
   assert [json.loads(line)['step'] for line in open(path)] == [1, 2, 3]
 
 
-def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
+def _launch(*args: str) -> subprocess.CompletedProcess:
+  """launch.py run as a user runs it, from the repository root; its exit code and output."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  done = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
-       '--config.train.keep_checkpoints=0'], cwd=root, capture_output=True, text=True, check=False)
+  return subprocess.run([sys.executable, 'launch.py', *args], cwd=root, capture_output=True,
+                        text=True, check=False)
+
+
+def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
+  done = _launch('--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
+                 '--config.train.keep_checkpoints=0')
   assert done.returncode == 1
   assert 'Error: train.keep_checkpoints=0: must be >= 1' in done.stderr
   assert 'Traceback' not in done.stderr
 
 
 def test_the_launcher_names_a_misspelled_key_without_a_traceback(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  done = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
-       '--config.train.stepz=3'], cwd=root, capture_output=True, text=True, check=False)
+  done = _launch('--config=configs/sprites.py:smoke', f'--workdir={tmp_path}',
+                 '--config.train.stepz=3')
   assert done.returncode == 1
   assert "--config.train.stepz: the config has no key 'stepz'" in done.stderr
   assert 'Did you mean "steps"' in done.stderr
@@ -145,12 +148,9 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path):
 
 
 def test_an_attribute_error_inside_a_config_file_is_not_called_a_missing_key(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config_file = tmp_path / 'broken.py'
   config_file.write_text('def get_config():\n  return None.steps\n')
-  done = subprocess.run(
-      [sys.executable, 'launch.py', f'--config={config_file}', f'--workdir={tmp_path / "run"}'],
-      cwd=root, capture_output=True, text=True, check=False)
+  done = _launch(f'--config={config_file}', f'--workdir={tmp_path / "run"}')
   assert done.returncode != 0
   assert 'has no key' not in done.stderr
   assert "'NoneType' object has no attribute 'steps'" in done.stderr
