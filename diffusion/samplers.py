@@ -134,9 +134,28 @@ def get(name: str) -> Sampler:
   return registry.lookup(SAMPLERS, name, 'sampler')
 
 
-def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int):
-  """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does)."""
-  ts = jnp.linspace(1.0, 0.0, steps + 1)
+def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr: float) -> float:
+  """The t in [0, 1] where the (decreasing) schedule reaches `logsnr`, by bisection."""
+  lo, hi = 0.0, 1.0  # logsnr_fn(lo) >= logsnr >= logsnr_fn(hi)
+  for _ in range(40):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if float(logsnr_fn(jnp.float32(mid))) > logsnr else (lo, mid)
+  return 0.5 * (lo + hi)
+
+
+def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
+              logsnr_end: float = jnp.inf):
+  """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does).
+
+  A finite logsnr_end spreads the first steps - 1 intervals uniformly over t in [1, t_end], where
+  logsnr(t_end) = logsnr_end, and makes the last one jump from t_end to t = 0, so the result
+  is x0_hat at logsnr_end: the same network calls, none spent on the nearly clean levels.
+  """
+  # At or past the schedule's own end (edm stops at a finite logSNR) there is nothing to cut.
+  cut = logsnr_end < float(logsnr_fn(jnp.zeros(())))
+  t_end = time_at(logsnr_fn, logsnr_end) if cut else 0.0
+  ts = jnp.concatenate([jnp.linspace(1.0, t_end, steps), jnp.zeros(1)]) if t_end > 0 else \
+      jnp.linspace(1.0, 0.0, steps + 1)
   return ts, logsnr_fn(ts)
 
 

@@ -181,6 +181,7 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
   return drawing.Sampling(
       logsnr_fn=logsnr_fn(diffusion), prediction=diffusion.prediction,
       sigma_data=diffusion.sigma_data, sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
+      logsnr_end=sample.logsnr_end or math.inf,
       guidance=sample.guidance if guidance is None else guidance,
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size)

@@ -23,7 +23,8 @@ from experiments.runtime import drawing, files, hosts, parallel
 def output_name(config, step: int) -> str:
   sample_cfg = config.sample
   return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
-                             sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema)
+                             sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
+                             sample_cfg.logsnr_end)
 
 
 def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:

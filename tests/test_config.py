@@ -140,6 +140,7 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'dpmpp_2m', 25, 2.0, 0, '-2,3') == 'step000007_dpmpp_2m25_g2i-2to3'
   assert drawing.output_name(7, 'dpmpp_2m', 25, 0.0, 0, '-2,3') == 'step000007_dpmpp_2m25'
   assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'
+  assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_end=4.0) == 'step000007_ddim9e4'
 
 
 @pytest.mark.parametrize('weight_decay', [0.0, 0.1])

@@ -143,6 +143,26 @@ def test_movie_frames_start_from_noise_and_end_near_the_result():
   np.testing.assert_allclose(np.asarray(x0s[-1]), np.asarray(x), atol=0.05)
 
 
+@pytest.mark.parametrize('schedule', ['cosine', 'linear'])
+def test_grid_with_logsnr_end_jumps_to_x0_from_that_level(schedule):
+  """The same number of steps; the last from logsnr_end straight to t = 0, the rest above it."""
+  logsnr_fn = {'cosine': schedules.cosine(), 'linear': schedules.linear(timesteps=500)}[schedule]
+  ts, logsnrs = (np.asarray(a) for a in samplers.time_grid(logsnr_fn, 12, logsnr_end=4.0))
+  assert ts.shape == logsnrs.shape == (13,)
+  assert ts[0] == 1.0 and ts[-1] == 0.0 and np.all(np.diff(ts) < 0)
+  np.testing.assert_allclose(logsnrs[-2], 4.0, atol=1e-3)
+  assert np.all(logsnrs[:-2] < 4.0)
+  np.testing.assert_allclose(np.diff(ts[:-1]), np.diff(ts[:-1])[0], rtol=1e-4)  # even in t above
+  full = np.asarray(samplers.time_grid(logsnr_fn, 12)[0])
+  np.testing.assert_array_equal(np.asarray(samplers.time_grid(logsnr_fn, 12, np.inf)[0]), full)
+  target = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
+  grid = samplers.time_grid(logsnr_fn, 12, logsnr_end=4.0)
+  for sampler in ALL:  # an exact x0_hat still lands exactly on x0
+    x = jax.jit(lambda keys, s=sampler: samplers.sample(
+        denoise=oracle(target), grid=grid, keys=keys, shape=(4, 4, 3), sampler=s))(_keys(2))
+    np.testing.assert_allclose(np.asarray(x), np.broadcast_to(target, x.shape), atol=1e-5)
+
+
 def test_guidance_combines_conditional_and_null_outputs():
   """With w, the output is (1 + w) f(c) - w f(0): checked on a model linear in the context."""
   def model_fn(x, t, logsnr, c):

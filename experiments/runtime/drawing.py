@@ -25,6 +25,7 @@ class Sampling:
   sampler: str
   steps: int
   eta: float
+  logsnr_end: float  # where the last step jumps to x0_hat; inf = walk to t = 0
   guidance: float
   guidance_logsnr: tuple[float, float]  # the noise levels guided: (-inf, inf) is all of them
   threshold: str
@@ -45,7 +46,7 @@ def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B."""
   s = sampling  # pylint: disable=invalid-name
-  grid = samplers.time_grid(s.logsnr_fn, s.steps)
+  grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end)
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
@@ -172,12 +173,13 @@ def guidance_interval(spec: str) -> tuple[float, float]:
 
 
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
-                guidance_logsnr: str = '', use_ema: bool = True) -> str:
-  """'step003500_ddpm200_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its file names
-  (_raw: the trained weights, not their EMA)."""
+                guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0) -> str:
+  """'step003500_ddpm200[e4]_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its file
+  names (e4: the last step from logSNR 4; _raw: the trained weights, not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
   suffix = (f'_g{guidance:g}{interval}' if guidance else '') + (f'_p{palette}' if palette else '')
   suffix += '' if use_ema else '_raw'
-  return f'step{step:06d}_{sampler}{steps}{suffix}'
+  end = f'e{logsnr_end:g}' if logsnr_end else ''
+  return f'step{step:06d}_{sampler}{steps}{end}{suffix}'
