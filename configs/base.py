@@ -27,6 +27,7 @@ def _model() -> ml_collections.ConfigDict:
   s.attention = (1, 2)     # unet: levels with self-attention (0 = full resolution)
   s.head_dim = 32          # unet: channels per attention head
   s.dropout = 0.0          # unet: dropout in the residual blocks while training
+  s.self_cond = False      # unet: also feed it its own earlier x0_hat (self-conditioning)
   s.dtype = 'float32'      # compute dtype: float32 | bfloat16 (parameters stay float32)
   return s
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from diffusion import gaussian, registry
 
-# (x_t [B, H, W, C], t, logsnr(t)) -> (x0_hat, eps_hat); t and logsnr are scalars or [B].
+# (x_t [B, H, W, C], t, logsnr(t)[, x0_prev]) -> (x0_hat, eps_hat); t and logsnr are scalars or
+# [B]; x0_prev, an earlier x0_hat, only for self-conditioned networks.
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 THRESHOLDS = ('none', 'clip', 'dynamic')
 
@@ -43,17 +44,22 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
 def make_denoiser(*, model_fn: Callable[..., jax.Array],
                   context: jax.Array, prediction: str, sigma_data: float = 0.5, guidance: float = 0.0,
                   guidance_logsnr: tuple[float, float] = (-jnp.inf, jnp.inf),
-                  threshold: str = 'clip', percentile: float = 0.995) -> Denoiser:
+                  threshold: str = 'clip', percentile: float = 0.995,
+                  self_cond: bool = False) -> Denoiser:
   """A denoiser for a batch whose context vectors are `context` [B, num_classes].
 
   model_fn(x_in, t, logsnr, context) -> output, with x_in the (preconditioned) noisy image
   [B, H, W, C] and t, logsnr [B]. With guidance != 0 the conditional and null-context halves run
   as one batch, at the noise levels guidance_logsnr = (lo, hi) admits (by default all). The
-  schedule is not needed here: the sampler passes logsnr(t) along with t.
+  schedule is not needed here: the sampler passes logsnr(t) along with t. self_cond: model_fn
+  also takes x0_self=, the sampler's last x0_hat (zeros before the first).
   """
-  def output(x_t, t, logsnr):
+  def output(x_t, t, logsnr, x0_prev):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
-    conditional = lambda: model_fn(x_in, t, logsnr, context).astype(jnp.float32)
+    def call(x_in, t, logsnr, context, x0_prev):
+      extra = {'x0_self': x0_prev} if self_cond else {}
+      return model_fn(x_in, t, logsnr, context, **extra).astype(jnp.float32)
+    conditional = lambda: call(x_in, t, logsnr, context, x0_prev)
     if guidance == 0.0:
       return conditional()
     lo, hi = guidance_logsnr
@@ -61,8 +67,8 @@ def make_denoiser(*, model_fn: Callable[..., jax.Array],
 
     def guided():
       twice = lambda a: jnp.concatenate([a, a])
-      both = model_fn(twice(x_in), twice(t), twice(logsnr),
-                      jnp.concatenate([context, jnp.zeros_like(context)])).astype(jnp.float32)
+      both = call(twice(x_in), twice(t), twice(logsnr),
+                  jnp.concatenate([context, jnp.zeros_like(context)]), twice(x0_prev))
       cond, uncond = jnp.split(both, 2)
       w = jnp.where(inside, guidance, 0.0)[:, None, None, None]
       return (1 + w) * cond - w * uncond
@@ -72,10 +78,11 @@ def make_denoiser(*, model_fn: Callable[..., jax.Array],
     # Outside the interval the null-context half is not needed: skip its network call.
     return jax.lax.cond(jnp.any(inside), guided, conditional)
 
-  def denoise(x_t, t, logsnr):
+  def denoise(x_t, t, logsnr, x0_prev=None):
     t = jnp.broadcast_to(t, x_t.shape[:1])
     logsnr = jnp.broadcast_to(logsnr, x_t.shape[:1])
-    x0, eps = gaussian.to_x0_eps(out=output(x_t, t, logsnr), x_t=x_t, logsnr=logsnr,
+    x0_prev = jnp.zeros_like(x_t) if x0_prev is None else x0_prev
+    x0, eps = gaussian.to_x0_eps(out=output(x_t, t, logsnr, x0_prev), x_t=x_t, logsnr=logsnr,
                                  prediction=prediction, sigma_data=sigma_data)
     if threshold == 'none':
       return x0, eps

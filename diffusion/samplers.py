@@ -184,12 +184,14 @@ def _recorded_steps(steps: int, frames: int) -> tuple[jax.Array, jax.Array]:
 
 
 def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Array,
-           shape: tuple[int, ...], sampler: str = 'ddpm', eta: float = 0.0, frames: int = 0):
+           shape: tuple[int, ...], sampler: str = 'ddpm', eta: float = 0.0, frames: int = 0,
+           self_cond: bool = False):
   """Draw one sprite per key: x_1 ~ N(0, I), then a `sampler` step per interval of `grid`.
 
   grid: (ts, logsnrs), each [steps + 1], from t = 1 down to t = 0 (see `time_grid`).
   Returns x0 [B, *shape], or with frames > 0 (x0, Movie) with min(frames, steps) evenly spread
-  steps recorded. Call it inside jit.
+  steps recorded. self_cond: every step's denoiser also gets the previous step's x0_hat (zeros at
+  the first), for self-conditioned networks. Call it inside jit.
   """
   spec = get(sampler)
   stochastic = spec.stochastic and (sampler != 'ddim' or eta > 0)
@@ -201,17 +203,20 @@ def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Ar
   movie = jnp.zeros((max(frames, 1), 2) + x.shape, x.dtype)
 
   def body(i, state):
-    x, carry, movie = state
+    x, carry, movie, x0_last = state
     noise = _step_noise(keys, i, shape) if stochastic else None
     step = Step(ts[i], ts[i + 1], logsnrs[i], logsnrs[i + 1], noise, i == steps - 1)
-    x_s, x0, carry = spec.step(denoise, x, step, carry, eta=eta)
+    step_denoise = (lambda x_t, t, logsnr: denoise(x_t, t, logsnr, x0_last)) if self_cond \
+        else denoise
+    x_s, x0, carry = spec.step(step_denoise, x, step, carry, eta=eta)
     if frames:
       movie = jax.lax.cond(slots[i] >= 0,
                            lambda m: m.at[slots[i]].set(jnp.stack([x, x0])),
                            lambda m: m, movie)
-    return x_s, carry, movie
+    return x_s, carry, movie, x0
 
-  x, _, movie = jax.lax.fori_loop(0, steps, body, (x, spec.init_carry(x), movie))
+  x, _, movie, _ = jax.lax.fori_loop(0, steps, body,
+                                     (x, spec.init_carry(x), movie, jnp.zeros_like(x)))
   if frames:
     return x, Movie(movie[:, 0], movie[:, 1], recorded, ts[recorded])
   return x

@@ -29,14 +29,15 @@ def logsnr_fn(diffusion_cfg):
 
 
 def model(model_cfg, num_classes: int):
-  """The configured network; model.channel_mult .. dropout are the UNet's alone."""
+  """The configured network; model.channel_mult .. self_cond are the UNet's alone."""
   dtype = registry.lookup(DTYPES, model_cfg.dtype, 'model.dtype')
   cls, k = models.get(model_cfg.name), max(num_classes, 1)
   if cls is models.ContextUnet:
     return cls(num_classes=k, n_feat=model_cfg.n_feat, dtype=dtype)
   return cls(num_classes=k, channels=tuple(model_cfg.n_feat * m for m in model_cfg.channel_mult),
              blocks=model_cfg.blocks, attention=tuple(model_cfg.attention),
-             head_dim=model_cfg.head_dim, dropout=model_cfg.dropout, dtype=dtype)
+             head_dim=model_cfg.head_dim, dropout=model_cfg.dropout, dtype=dtype,
+             self_cond=model_cfg.self_cond)
 
 
 def learning_rate(train_cfg) -> optax.Schedule:
@@ -96,6 +97,9 @@ def validate(config) -> None:
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
   _validate_unet(config.model, config.data.image_size)
+  _check(config.model.name == 'unet' or not config.model.self_cond,
+         f'model.self_cond=True needs model.name=unet (got {config.model.name!r}): the course\'s '
+         'ContextUnet has no input for its earlier estimate.')
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
   config_checks.check_model(config, model(config.model, 1))
@@ -166,6 +170,7 @@ def train_step_kwargs(config, num_classes: int, backend: str) -> dict:
               timesteps=diffusion.timesteps, batch_size=train.batch_size, num_classes=num_classes,
               cond_drop_rate=diffusion.cond_drop_rate, ema_halflife_kimg=train.ema_halflife_kimg,
               ema_rampup=train.ema_rampup, hflip=train.hflip, importance=diffusion.importance,
+              self_cond=config.model.self_cond,
               steps_per_dispatch=steps_per_dispatch(train, backend))
 
 
@@ -184,7 +189,8 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
       logsnr_end=sample.logsnr_end or math.inf,
       guidance=sample.guidance if guidance is None else guidance,
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
-      percentile=sample.dynamic_percentile, image_size=config.data.image_size)
+      percentile=sample.dynamic_percentile, image_size=config.data.image_size,
+      self_cond=config.model.self_cond)
 
 
 # Models whose configs differ only in these keys (and in sample.* / eval.*) train as one vmapped
@@ -229,4 +235,5 @@ def multi_train_kwargs(configs, num_classes: int, backend: str) -> dict:
               prediction=diffusion.prediction, weighting=diffusion.loss_weighting,
               timesteps=diffusion.timesteps, batch_size=config.train.batch_size,
               hflip=config.train.hflip, importance=diffusion.importance,
+              self_cond=config.model.self_cond,
               num_classes=num_classes, steps_per_dispatch=steps_per_dispatch(config.train, backend))

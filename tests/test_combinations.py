@@ -38,7 +38,7 @@ def _train_step(params, tx, opt_state, apply, batch, config, key):
 
   def loss_fn(p):
     return jnp.mean(losses.diffusion_loss(
-        model_fn=lambda x, t_, logsnr: apply(p, x, t_, context), x0=x0, t=t, eps=eps,
+        model_fn=lambda x, t_, logsnr, c: apply(p, x, t_, c), x0=x0, t=t, eps=eps, context=context,
         logsnr_fn=from_config.logsnr_fn(config.diffusion), **from_config.loss_kwargs(config.diffusion)))
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, _ = tx.update(grads, opt_state, params)

@@ -103,8 +103,9 @@ def test_elbo_weight_uses_the_schedule_derivative():
   t = jnp.array([0.1, 0.5, 0.9])
   x0, eps = _data()
   x0, eps = x0[:3], eps[:3]
-  zero_model = lambda x, t_, logsnr: jnp.zeros_like(x)  # eps_hat = 0: the loss is w * mean(eps^2)
-  got = losses.diffusion_loss(model_fn=zero_model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
+  zero_model = lambda x, t_, logsnr, context: jnp.zeros_like(x)  # eps_hat = 0: the loss is w * mean(eps^2)
+  got = losses.diffusion_loss(model_fn=zero_model, x0=x0, t=t, eps=eps, context=None,
+                              logsnr_fn=logsnr_fn,
                               prediction='eps', weighting='elbo')
   h = 1e-3
   slope = (logsnr_fn(t + h) - logsnr_fn(t - h)) / (2 * h)
@@ -116,12 +117,44 @@ def test_simple_weighting_is_plain_mse_on_the_target():
   logsnr_fn = schedules.linear(timesteps=500)
   x0, eps = _data()
   t = jnp.linspace(0.1, 0.9, 5)
-  model = lambda x, t_, logsnr: x * 0.3
-  got = losses.diffusion_loss(model_fn=model, x0=x0, t=t, eps=eps, logsnr_fn=logsnr_fn,
+  model = lambda x, t_, logsnr, context: x * 0.3
+  got = losses.diffusion_loss(model_fn=model, x0=x0, t=t, eps=eps, context=None,
+                              logsnr_fn=logsnr_fn,
                               prediction='eps', weighting='simple')
   x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr_fn(t))
   np.testing.assert_allclose(np.asarray(got), np.asarray(jnp.mean((0.3 * x_t - eps) ** 2, axis=(1, 2, 3))),
                              rtol=1e-5)
+
+
+def test_self_conditioning_shows_every_other_example_its_own_clipped_estimate():
+  """Rows 0, 2, .. get x0_hat from a pass with zeros (clipped, no gradient), rows 1, 3, .. zeros."""
+  logsnr_fn = schedules.cosine()
+  x0, eps = _data()
+  t = jnp.linspace(0.1, 0.9, 5)
+  context = jnp.eye(5)
+  seen = []
+
+  def model(x, t_, logsnr, context, x0_self, w=jnp.float32(3.0)):  # predicts x0 = w * x_in
+    seen.append(x0_self)
+    return w * x + 0 * context.sum() + x0_self
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr_fn(t))
+  got = losses.self_cond_input(model_fn=model, x_in=x_t, x_t=x_t, t=t, logsnr=logsnr_fn(t),
+                               context=context, prediction='x0')
+  np.testing.assert_array_equal(np.asarray(seen[0]), 0.0)
+  assert seen[0].shape[0] == 3  # only the rows that use it make the first pass
+  np.testing.assert_allclose(np.asarray(got[::2]), np.clip(3.0 * np.asarray(x_t[::2]), -1, 1))
+  np.testing.assert_array_equal(np.asarray(got[1::2]), 0.0)
+  assert np.abs(np.asarray(got[::2])).max() == 1.0  # some were clipped
+
+  def loss(w):
+    return jnp.sum(losses.diffusion_loss(
+        model_fn=lambda *a, **k: model(*a, **k, w=w), x0=x0, t=t, eps=eps, context=context,
+        logsnr_fn=logsnr_fn, prediction='x0', weighting='simple', self_cond=True))
+  # The gradient through the estimate is stopped: only the second pass's w * x_in counts.
+  x_in_full = np.asarray(x_t)
+  est = np.asarray(got)
+  want = np.sum(2 * (3.0 * x_in_full + est - np.asarray(x0)) * x_in_full, axis=(1, 2, 3)) / x0[0].size
+  np.testing.assert_allclose(float(jax.grad(loss)(jnp.float32(3.0))), want.sum(), rtol=1e-4)
 
 
 def _cpu_preset_weights():

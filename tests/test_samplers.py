@@ -163,6 +163,26 @@ def test_grid_with_logsnr_end_jumps_to_x0_from_that_level(schedule):
     np.testing.assert_allclose(np.asarray(x), np.broadcast_to(target, x.shape), atol=1e-5)
 
 
+@pytest.mark.parametrize('sampler', ALL)
+def test_self_conditioning_hands_each_step_the_previous_estimate(sampler):
+  """A denoiser that answers x0_prev + 1 counts its calls when fed its own last answer."""
+  def counting(x_t, t, logsnr, x0_prev=None):
+    x0 = (0.0 if x0_prev is None else x0_prev) + jnp.ones_like(x_t)
+    return x0, gaussian_eps(x_t, x0, logsnr)
+  grid = samplers.time_grid(schedules.cosine(), 6)
+  run = lambda self_cond: np.asarray(jax.jit(lambda keys: samplers.sample(
+      denoise=counting, grid=grid, keys=keys, shape=(2, 2, 1), sampler=sampler,
+      self_cond=self_cond))(_keys(2)))
+  np.testing.assert_allclose(run(False), 1.0, atol=1e-5)
+  # 6 steps: 6 answers, each one more than the last (Heun's corrector sees its predictor's x0_prev).
+  np.testing.assert_allclose(run(True), 6.0, atol=1e-4)
+
+
+def gaussian_eps(x_t, x0, logsnr):
+  alpha, sigma = schedules.alpha_sigma(logsnr)
+  return jnp.where(sigma > 0, (x_t - alpha * x0) / jnp.where(sigma > 0, sigma, 1), 0)
+
+
 def test_guidance_combines_conditional_and_null_outputs():
   """With w, the output is (1 + w) f(c) - w f(0): checked on a model linear in the context."""
   def model_fn(x, t, logsnr, c):

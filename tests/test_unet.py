@@ -58,6 +58,20 @@ def test_parameter_count(config, count):
   assert sum(x.size for x in jax.tree.leaves(params)) == count
 
 
+def test_self_conditioning_takes_an_earlier_estimate_as_three_more_channels():
+  """3 x 3 x 3 x 8 more input weights; None is the zeros of 'no estimate yet'; it matters."""
+  model = UNet(**TINY, self_cond=True)
+  initial = jax.jit(model.init)(key(0), X, NOISE, CONTEXT)
+  count = lambda p: sum(x.size for x in jax.tree.leaves(p))
+  assert count(initial) == 48_235 + 3 * 3 * 3 * 8
+  params = randomised(initial)
+  apply = jax.jit(model.apply)
+  none, zeros = apply(params, X, NOISE, CONTEXT), apply(params, X, NOISE, CONTEXT, x0_self=0 * X)
+  assert none.shape == X.shape
+  np.testing.assert_array_equal(none, zeros)
+  assert not np.allclose(apply(params, X, NOISE, CONTEXT, x0_self=X), none, atol=1e-4)
+
+
 def test_output_is_exactly_zero_at_initialisation(tiny):
   """Zero-initialised output conv: training starts from f = 0, whatever the input."""
   apply, initial = tiny

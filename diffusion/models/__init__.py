@@ -16,13 +16,16 @@ def get(name: str):
 
 
 def network_fn(model, params, *, train: bool = False, dropout_key=None):
-  """(x_in, t, logsnr, context) -> output of `model` with `params`, fed its own noise input.
+  """(x_in, t, logsnr, context[, x0_self]) -> output of `model` with `params`, fed its own noise
+  input (x0_self: a self-conditioned UNet's earlier x0_hat).
 
   With train=True, dropout draws from `dropout_key`.
   """
   by_logsnr = model.noise_input == 'logsnr'
   rngs = None if dropout_key is None else {'dropout': dropout_key}
 
-  def fn(x, t, logsnr, context):
-    return model.apply(params, x, logsnr if by_logsnr else t, context, train=train, rngs=rngs)
+  def fn(x, t, logsnr, context, x0_self=None):
+    extra = {} if x0_self is None else {'x0_self': x0_self}  # only a self-conditioned UNet takes it
+    return model.apply(params, x, logsnr if by_logsnr else t, context, train=train, rngs=rngs,
+                       **extra)
   return fn

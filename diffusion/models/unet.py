@@ -18,6 +18,10 @@ all-zero context of classifier-free guidance has a vector of its own. Downsampli
 Dynamics of Diffusion Models"): no parameters, and on XLA:CPU a train step costs the same
 as with a strided conv. Upsampling is nearest neighbour then a 3x3 conv, which has no
 checkerboard artefacts.
+
+Self-conditioning (Chen et al. 2022, "Analog Bits"), a switch: the network also takes its own
+earlier x0_hat as 3 more input channels (zeros when there is none), so a sampler's step can
+refine the last estimate instead of making it anew.
 """
 import math
 from typing import ClassVar
@@ -141,6 +145,7 @@ class UNet(nn.Module):
   head_dim: int = 32
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  self_cond: bool = False  # also take x0_self [B, H, W, C], an earlier x0_hat (None: zeros)
 
   def res(self, features, x, emb, train):
     return ResBlock(features, self.dropout, self.dtype)(x, emb, train)
@@ -149,8 +154,10 @@ class UNet(nn.Module):
     return Attention(self.head_dim, self.dtype)(x) if level in self.attention else x
 
   @nn.compact
-  def __call__(self, x, noise, context, train: bool = False):
-    dt, last = self.dtype, len(self.channels) - 1
+  def __call__(self, x, noise, context, train: bool = False, x0_self=None):
+    dt, last, out_channels = self.dtype, len(self.channels) - 1, x.shape[-1]
+    if self.self_cond:
+      x = jnp.concatenate([x, jnp.zeros_like(x) if x0_self is None else x0_self], axis=-1)
     # SiLU once here instead of in every block: ADM applies it before each block's Dense.
     emb = nn.silu(Embedding(4 * self.channels[0], dt)(noise, context))
     h = nn.Conv(self.channels[0], (3, 3), padding=1, dtype=dt)(x.astype(dt))
@@ -172,4 +179,4 @@ class UNet(nn.Module):
       if level > 0:
         h = nn.Conv(features, (3, 3), padding=1, dtype=dt)(upsample(h))
     h = nn.silu(norm(h, dt))
-    return zero_conv(x.shape[-1], 3, dt)(h).astype(dt)
+    return zero_conv(out_channels, 3, dt)(h).astype(dt)

@@ -31,6 +31,7 @@ class Sampling:
   threshold: str
   percentile: float
   image_size: int
+  self_cond: bool = False  # the network also takes the last x0_hat
 
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
@@ -53,10 +54,10 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
         model_fn=models.network_fn(model, params), context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         guidance_logsnr=s.guidance_logsnr,
-        threshold=s.threshold, percentile=s.percentile)
+        threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
     return samplers.sample(denoise=denoise, grid=grid, keys=keys,
                            shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
-                           frames=frames)
+                           frames=frames, self_cond=s.self_cond)
 
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   if not frames:

@@ -57,7 +57,8 @@ def unstack(tree, mesh) -> list:
 
 def make(*, model, unit_tx: optax.GradientTransformation, logsnr_fn, prediction: str,
          weighting: str, timesteps: int, batch_size: int, num_classes: int,
-         steps_per_dispatch: int, mesh, hflip: bool = False, importance: float = 0.0):
+         steps_per_dispatch: int, mesh, hflip: bool = False, importance: float = 0.0,
+         self_cond: bool = False):
   """train(states, images, labels, keys, settings) -> (states, metrics of shape [k]).
 
   states, keys and settings carry the model axis first; unit_tx is the optimizer with peak
@@ -70,7 +71,8 @@ def make(*, model, unit_tx: optax.GradientTransformation, logsnr_fn, prediction:
                          min_snr_gamma=s.min_snr_gamma, sigmoid_bias=s.sigmoid_bias),
         timesteps=timesteps, batch_size=batch_size, num_classes=num_classes,
         cond_drop_rate=s.cond_drop_rate, ema_halflife_kimg=s.ema_halflife_kimg,
-        ema_rampup=s.ema_rampup, mesh=mesh, hflip=hflip, importance=importance)
+        ema_rampup=s.ema_rampup, mesh=mesh, hflip=hflip, importance=importance,
+        self_cond=self_cond)
     return train_step.fuse(one_step, steps_per_dispatch)(state, images, labels, key)
 
   train = jax.vmap(member, in_axes=(0, None, None, 0, 0))

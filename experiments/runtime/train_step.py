@@ -44,12 +44,13 @@ def _levels(key, logsnr_fn, loss_kwargs: dict, timesteps: int, batch_size: int,
 def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict,
                   timesteps: int, batch_size: int, num_classes: int, cond_drop_rate: float,
                   ema_halflife_kimg: float, ema_rampup: float, mesh, hflip: bool = False,
-                  importance: float = 0.0):
+                  importance: float = 0.0, self_cond: bool = False):
   """one_step(state, images, labels, key) -> (state, metrics), not jitted. The float settings
   may be traced values: runtime/multi_train.py vmaps it over models that differ only in them.
   hflip: train on random mirror images too (a switch: a side-facing sprite's mirror may mean
   something else, or be another sprite of the set). importance: the share of noise levels drawn
-  where the loss weighs them (losses.importance_levels); 0 draws them uniformly."""
+  where the loss weighs them (losses.importance_levels); 0 draws them uniformly. self_cond: the
+  model is a self-conditioned UNet (losses.self_cond_input)."""
 
   def one_step(state: TrainState, images, labels, key):
     k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
@@ -63,9 +64,8 @@ def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kw
       # Each device draws its own dropout masks: a key shared by all would repeat one mask.
       key = jax.random.fold_in(k_dropout, jax.lax.axis_index('data'))
       network = models.network_fn(model, params, train=True, dropout_key=key)
-      model_fn = lambda x, t_, logsnr: network(x, t_, logsnr, context)
-      per_example = losses.diffusion_loss(model_fn=model_fn, x0=x0, t=t, eps=eps,
-                                          logsnr_fn=logsnr_fn, **loss_kwargs)
+      per_example = losses.diffusion_loss(model_fn=network, x0=x0, t=t, eps=eps, context=context,
+                                          logsnr_fn=logsnr_fn, self_cond=self_cond, **loss_kwargs)
       return jnp.mean(per_example * correction)
 
     loss, grads = parallel.mean_value_and_grad(loss_fn, mesh)(
