@@ -144,13 +144,22 @@ def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr: float) -> float
 
 
 def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
-              logsnr_end: float = jnp.inf):
+              logsnr_end: float = jnp.inf, logsnr_span: tuple[float, float] | None = None):
   """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does).
 
   A finite logsnr_end spreads the first steps - 1 intervals uniformly over t in [1, t_end], where
   logsnr(t_end) = logsnr_end, and makes the last one jump from t_end to t = 0, so the result
   is x0_hat at logsnr_end: the same network calls, none spent on the nearly clean levels.
+
+  logsnr_span = (lo, hi) puts the steps - 1 inner points uniformly in logSNR from lo to hi
+  (DPM-Solver's spacing for small images): uniform in t on the cosine schedule leaves few steps
+  at the clean end, where a sprite's edges are decided. It needs
+  logsnr(1) < lo < hi < logsnr(0).
   """
+  if logsnr_span is not None:
+    inner = [time_at(logsnr_fn, float(l)) for l in jnp.linspace(*logsnr_span, steps - 1)]
+    ts = jnp.asarray([1.0, *inner, 0.0], jnp.float32)
+    return ts, logsnr_fn(ts)
   # At or past the schedule's own end (edm stops at a finite logSNR) there is nothing to cut.
   cut = logsnr_end < float(logsnr_fn(jnp.zeros(())))
   t_end = time_at(logsnr_fn, logsnr_end) if cut else 0.0

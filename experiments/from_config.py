@@ -102,7 +102,23 @@ def validate(config) -> None:
          'ContextUnet has no input for its earlier estimate.')
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
+  _validate_logsnr_grid(config)
   config_checks.check_model(config, model(config.model, 1))
+
+
+def _validate_logsnr_grid(config) -> None:
+  span = drawing.logsnr_span(config.sample.logsnr_grid)
+  if span is None:
+    return
+  _check(not config.sample.logsnr_end,
+         f'sample.logsnr_grid={config.sample.logsnr_grid!r} and sample.logsnr_end='
+         f'{config.sample.logsnr_end:g} both place the steps: set one of them.')
+  fn = logsnr_fn(config.diffusion)
+  first, last = (float(fn(jnp.float32(t))) for t in (1.0, 0.0))
+  _check(first < span[0] and span[1] < last,
+         f'sample.logsnr_grid={config.sample.logsnr_grid!r}: the {config.diffusion.schedule} '
+         f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); lo and hi must lie '
+         'strictly inside, so that every step moves.')
 
 
 def _validate_unet(model_cfg, image_size: int) -> None:
@@ -186,7 +202,7 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
   return drawing.Sampling(
       logsnr_fn=logsnr_fn(diffusion), prediction=diffusion.prediction,
       sigma_data=diffusion.sigma_data, sampler=sample.sampler, steps=sample.steps, eta=sample.eta,
-      logsnr_end=sample.logsnr_end or math.inf,
+      logsnr_end=sample.logsnr_end or math.inf, logsnr_grid=drawing.logsnr_span(sample.logsnr_grid),
       guidance=sample.guidance if guidance is None else guidance,
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size,

@@ -24,7 +24,7 @@ def output_name(config, step: int) -> str:
   sample_cfg = config.sample
   return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
-                             sample_cfg.logsnr_end)
+                             sample_cfg.logsnr_end, sample_cfg.logsnr_grid)
 
 
 def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:

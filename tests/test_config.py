@@ -141,6 +141,21 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'dpmpp_2m', 25, 0.0, 0, '-2,3') == 'step000007_dpmpp_2m25'
   assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_end=4.0) == 'step000007_ddim9e4'
+  assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_grid='-8,8') == 'step000007_ddim9u-8to8'
+
+
+def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
+  config = sprites.get_config('cpu')  # cosine: logSNR -20 at t = 1
+  config.sample.logsnr_grid = '-8,8'
+  from_config.validate(config)
+  assert from_config.sampling(config).logsnr_grid == (-8.0, 8.0)
+  for bad, match in (('8,-8', 'lo < hi'), ('-30,8', 'strictly inside'), ('x', 'lo,hi')):
+    config.sample.logsnr_grid = bad
+    with pytest.raises(ValueError, match='sample.logsnr_grid.*' + match):
+      from_config.validate(config)
+  config.sample.update(logsnr_grid='-8,8', logsnr_end=4.0)
+  with pytest.raises(ValueError, match='set one of them'):
+    from_config.validate(config)
 
 
 @pytest.mark.parametrize('weight_decay', [0.0, 0.1])

@@ -32,6 +32,7 @@ class Sampling:
   percentile: float
   image_size: int
   self_cond: bool = False  # the network also takes the last x0_hat
+  logsnr_grid: tuple[float, float] | None = None  # steps uniform in logSNR over (lo, hi); None: in t
 
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
@@ -47,7 +48,7 @@ def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B."""
   s = sampling  # pylint: disable=invalid-name
-  grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end)
+  grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
@@ -159,28 +160,43 @@ def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str],
   return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
 
 
-def guidance_interval(spec: str) -> tuple[float, float]:
-  """sample.guidance_logsnr as (lo, hi): '' -> every noise level, '-3,3' -> (-3.0, 3.0)."""
-  if not spec.strip():
-    return -math.inf, math.inf
+def _logsnr_pair(spec: str, key: str, example: str, empty: str) -> tuple[float, float]:
+  """'lo,hi' as two finite floats with lo < hi, or a ValueError naming the key."""
   try:
     lo, hi = (float(x) for x in spec.split(','))
   except ValueError:
     lo = hi = math.nan
   if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-    raise ValueError(f'sample.guidance_logsnr={spec!r}: want two finite logSNR values lo,hi with '
-                     "lo < hi, e.g. '-3,3' (or '' to guide at every noise level).")
+    raise ValueError(f'{key}={spec!r}: want two finite logSNR values lo,hi with lo < hi, e.g. '
+                     f"'{example}' (or '' {empty}).")
   return lo, hi
 
 
+def guidance_interval(spec: str) -> tuple[float, float]:
+  """sample.guidance_logsnr as (lo, hi): '' -> every noise level, '-3,3' -> (-3.0, 3.0)."""
+  if not spec.strip():
+    return -math.inf, math.inf
+  return _logsnr_pair(spec, 'sample.guidance_logsnr', '-3,3', 'to guide at every noise level')
+
+
+def logsnr_span(spec: str) -> tuple[float, float] | None:
+  """sample.logsnr_grid as (lo, hi), or None ('': steps uniform in t)."""
+  if not spec.strip():
+    return None
+  return _logsnr_pair(spec, 'sample.logsnr_grid', '-8,8', 'for steps uniform in t')
+
+
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
-                guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0) -> str:
-  """'step003500_ddpm200[e4]_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its file
-  names (e4: the last step from logSNR 4; _raw: the trained weights, not their EMA)."""
+                guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0,
+                logsnr_grid: str = '') -> str:
+  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its
+  file names (e4: the last step from logSNR 4; u-8to8: steps uniform in logSNR over -8..8; _raw:
+  the trained weights, not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
   suffix = (f'_g{guidance:g}{interval}' if guidance else '') + (f'_p{palette}' if palette else '')
   suffix += '' if use_ema else '_raw'
   end = f'e{logsnr_end:g}' if logsnr_end else ''
-  return f'step{step:06d}_{sampler}{steps}{end}{suffix}'
+  span = 'u{:g}to{:g}'.format(*logsnr_span(logsnr_grid)) if logsnr_grid.strip() else ''
+  return f'step{step:06d}_{sampler}{steps}{end}{span}{suffix}'
