@@ -152,8 +152,8 @@ def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
   is x0_hat at logsnr_end: the same network calls, none spent on the nearly clean levels.
 
   logsnr_span = (lo, hi) puts the steps - 1 inner points uniformly in logSNR from lo to hi
-  (DPM-Solver's spacing for small images): uniform in t on the cosine schedule leaves few steps
-  at the clean end, where a sprite's edges are decided. It needs
+  (the spacing DPM-Solver's authors recommend): uniform in t, the cosine schedule leaves few
+  steps at the clean end, where a sprite's edges are decided. It needs
   logsnr(1) < lo < hi < logsnr(0).
   """
   if logsnr_span is not None:
