@@ -94,8 +94,8 @@ def _sample() -> ml_collections.ConfigDict:
   s.eta = 0.0            # ddim: 0 = deterministic, 1 = as ancestral
   s.logsnr_end = 0.0     # > 0: the last step jumps to x0_hat from this logSNR, the others spread
                          # over the levels above it; 0 = step down to t = 0 evenly in t
-  s.logsnr_grid = ''     # 'lo,hi': the steps' inner points uniform in logSNR from lo to hi (the
-                         # spacing DPM-Solver's authors recommend), e.g. '-8,8'; '' = uniform in t
+  s.logsnr_grid = ''     # 'lo,hi': the steps' inner points uniform in logSNR from lo to hi (close
+                         # to DPM-Solver's 'logSNR' spacing), e.g. '-8,8'; '' = uniform in t
   s.guidance = 0.0       # classifier-free guidance w: (1 + w) cond - w uncond; 0 = off
   s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi, e.g. '-2,3'; '' = all
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]

@@ -97,18 +97,19 @@ def _accelerator(c):
                      min_snr_gamma=5.0)
   # At most 400 passes over the training split, whatever its size: a small set is memorized
   # after a fixed number of passes (from_config.capped_steps). On one H200, on DawnLike's 1,878
-  # sprites, this network drew training sprites back after 800 passes (2,940 steps: 27% near
-  # copies, FID 1.16x the floor); after 400 (1,470 steps) none, FID 1.03x with 50 sampler steps
-  # (README, Results). 2,000 sprites stop near step 1,560; the course's 89,400 train all 50,000
-  # steps (286 passes). An evaluation, memorization audit included, every 10,000 steps shows a
-  # long run's trend, and those checkpoints are kept for good.
+  # sprites, this network drew training sprites back after 800 passes (2,940 steps): with 50
+  # sampler steps 17% near copies and 64% of samples nearer a training sprite than 95% of
+  # held-out ones, at an FID of 1.03x the floor; after 400 (1,470 steps) 0% near copies and 17%
+  # nearer, at the same FID (README, Results). 2,000 sprites stop at step 1,570; the course's
+  # 89,400 train all 50,000 steps (286 passes). An evaluation, memorization audit included,
+  # every 10,000 steps shows a long run's trend, and those checkpoints are kept for good.
   c.train.update(steps=50_000, max_epochs=400.0, batch_size=512, learning_rate=1e-3,
                  warmup_steps=500, lr_schedule='cosine', log_every=500, ckpt_every=5_000,
                  eval_every=10_000, keep_every=10_000)
   # 50 steps, not the CPU preset's 25: this better-trained network's sprites come closer to real
-  # with a finer solver (on two H200 models, FID 1.27 and 1.16x the floor at 20 and 25 steps,
-  # 1.03 and 1.03 at 50); drawing 1,000 took 19-22 s at 20 or 50 steps there, compilation
-  # included, so the extra steps are not where an evaluation's time goes.
+  # with a finer solver (H200, FID over the floor: 800 passes 1.27 / 1.16 / 1.03 at 20 / 25 / 50
+  # steps, 400 passes 1.27 / 1.03 at 20 / 50); drawing 1,000 took 19-22 s at 20 or 50 steps
+  # there, compilation included, so the extra steps are not where an evaluation's time goes.
   c.sample.update(sampler='dpmpp_2m', steps=50, guidance=2.0, guidance_logsnr='-2,3',
                   per_class=16)
 

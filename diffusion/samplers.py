@@ -10,6 +10,7 @@ process, so they stay finite at zero terminal SNR (alpha = 0 at t = 1).
 Randomness: sprite i's starting noise and its noise at step k derive from keys[i] alone
 (fold_in(keys[i], k)), so a sprite is the same at any batch size or device count.
 """
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -151,12 +152,14 @@ def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
   logsnr(t_end) = logsnr_end, and makes the last one jump from t_end to t = 0, so the result
   is x0_hat at logsnr_end: the same network calls, none spent on the nearly clean levels.
 
-  logsnr_span = (lo, hi) puts the steps - 1 inner points uniformly in logSNR from lo to hi
-  (the spacing DPM-Solver's authors recommend): uniform in t, the cosine schedule leaves few
-  steps at the clean end, where a sprite's edges are decided. It needs
-  logsnr(1) < lo < hi < logsnr(0).
+  logsnr_span = (lo, hi) puts the steps - 1 inner points uniformly in logSNR from lo to hi,
+  close to DPM-Solver's 'logSNR' spacing: uniform in t, the cosine schedule leaves few steps at
+  the clean end (two of 20 above logSNR 3.5). It needs logsnr(1) < lo < hi < logsnr(0), and
+  steps >= 3 to use both ends; it replaces logsnr_end.
   """
   if logsnr_span is not None:
+    if math.isfinite(logsnr_end):
+      raise ValueError('time_grid: logsnr_end and logsnr_span both place the steps; give one.')
     inner = [time_at(logsnr_fn, float(l)) for l in jnp.linspace(*logsnr_span, steps - 1)]
     ts = jnp.asarray([1.0, *inner, 0.0], jnp.float32)
     return ts, logsnr_fn(ts)

@@ -113,12 +113,20 @@ def _validate_logsnr_grid(config) -> None:
   _check(not config.sample.logsnr_end,
          f'sample.logsnr_grid={config.sample.logsnr_grid!r} and sample.logsnr_end='
          f'{config.sample.logsnr_end:g} both place the steps: set one of them.')
+  _check(config.sample.steps >= 3,
+         f'sample.logsnr_grid={config.sample.logsnr_grid!r} needs sample.steps >= 3 (got '
+         f'{config.sample.steps}): fewer steps leave no room for both lo and hi.')
   fn = logsnr_fn(config.diffusion)
   first, last = (float(fn(jnp.float32(t))) for t in (1.0, 0.0))
   _check(first < span[0] and span[1] < last,
          f'sample.logsnr_grid={config.sample.logsnr_grid!r}: the {config.diffusion.schedule} '
          f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); lo and hi must lie '
          'strictly inside, so that every step moves.')
+  ts = samplers.time_grid(fn, config.sample.steps, logsnr_span=span)[0]
+  _check(bool(jnp.all(jnp.diff(ts) < 0)),
+         f'sample.logsnr_grid={config.sample.logsnr_grid!r}: with {config.sample.steps} steps some '
+         'land on the same time (lo and hi too close, or too near an end of the schedule); widen '
+         'the span or take fewer steps.')
 
 
 def _validate_unet(model_cfg, image_size: int) -> None:

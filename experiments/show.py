@@ -66,7 +66,10 @@ def _tiles(images: np.ndarray, rows: int, factor: int) -> list[list[np.ndarray]]
 def _settings(config) -> str:
   sample_cfg = config.sample
   interval = sample_cfg.guidance_logsnr.strip()
+  grid = sample_cfg.logsnr_grid.strip()
   return f'{sample_cfg.sampler}, {sample_cfg.steps} steps' + (
+      f' uniform in logSNR {grid}' if grid else '') + (
+      f', the last from logSNR {sample_cfg.logsnr_end:g}' if sample_cfg.logsnr_end else '') + (
       f', guided at logSNR {interval}' if interval else '')
 
 

@@ -153,7 +153,13 @@ def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
     config.sample.logsnr_grid = bad
     with pytest.raises(ValueError, match='sample.logsnr_grid.*' + match):
       from_config.validate(config)
-  config.sample.update(logsnr_grid='-8,8', logsnr_end=4.0)
+  config.sample.update(logsnr_grid='-19.99999,-19.9999', steps=20)  # steps on the same t
+  with pytest.raises(ValueError, match='sample.logsnr_grid.*same time'):
+    from_config.validate(config)
+  config.sample.update(logsnr_grid='-8,8', steps=2)
+  with pytest.raises(ValueError, match='sample.steps >= 3'):
+    from_config.validate(config)
+  config.sample.update(steps=20, logsnr_end=4.0)
   with pytest.raises(ValueError, match='set one of them'):
     from_config.validate(config)
 
