@@ -54,11 +54,12 @@ def make_denoiser(*, model_fn: Callable[..., jax.Array],
   schedule is not needed here: the sampler passes logsnr(t) along with t. self_cond: model_fn
   also takes x0_self=, the sampler's last x0_hat (zeros before the first).
   """
+  def call(x_in, t, logsnr, context, x0_prev):
+    extra = {'x0_self': x0_prev} if self_cond else {}
+    return model_fn(x_in, t, logsnr, context, **extra).astype(jnp.float32)
+
   def output(x_t, t, logsnr, x0_prev):
     x_in = x_t * gaussian.input_scale(logsnr, prediction, sigma_data)[:, None, None, None]
-    def call(x_in, t, logsnr, context, x0_prev):
-      extra = {'x0_self': x0_prev} if self_cond else {}
-      return model_fn(x_in, t, logsnr, context, **extra).astype(jnp.float32)
     conditional = lambda: call(x_in, t, logsnr, context, x0_prev)
     if guidance == 0.0:
       return conditional()

@@ -92,7 +92,8 @@ def self_cond_input(*, model_fn: Callable[..., jax.Array], x_in: jax.Array, x_t:
   Every other example gets the network's own x0_hat from a pass without one (zeros), the others
   zeros: half learn to start an estimate, half to refine one, as at sampling time (Chen et al.
   2022). Only those rows make the first pass, forward only: a sixth of a step's arithmetic, not
-  a third (19% more time per step on a 2-core CPU). No gradient flows through it. x0_hat is clipped to [-1, 1], as the samplers clip it.
+  a third (19% more time per step on a 2-core CPU). No gradient flows through it. x0_hat is
+  clipped to [-1, 1], as the samplers clip it.
   """
   half = slice(None, None, 2)
   out = model_fn(x_in[half], t[half], logsnr[half], context[half],

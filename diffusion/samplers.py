@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion import gaussian, registry
 from diffusion.denoiser import Denoiser
@@ -135,12 +136,16 @@ def get(name: str) -> Sampler:
   return registry.lookup(SAMPLERS, name, 'sampler')
 
 
-def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr: float) -> float:
-  """The t in [0, 1] where the (decreasing) schedule reaches `logsnr`, by bisection."""
-  lo, hi = 0.0, 1.0  # logsnr_fn(lo) >= logsnr >= logsnr_fn(hi)
+def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr) -> np.ndarray:
+  """The t in [0, 1] where the (decreasing) schedule reaches each `logsnr`, by bisection: all
+  targets at once, so a grid costs 40 schedule calls, not 40 per point. Float64 bounds, the
+  schedule evaluated in float32 as the samplers do."""
+  target = np.asarray(logsnr, np.float64)
+  lo, hi = np.zeros_like(target), np.ones_like(target)  # logsnr_fn(lo) >= target >= logsnr_fn(hi)
   for _ in range(40):
     mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if float(logsnr_fn(jnp.float32(mid))) > logsnr else (lo, mid)
+    above = np.asarray(logsnr_fn(jnp.asarray(mid, jnp.float32))) > target
+    lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
   return 0.5 * (lo + hi)
 
 
@@ -160,12 +165,12 @@ def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
   if logsnr_span is not None:
     if math.isfinite(logsnr_end):
       raise ValueError('time_grid: logsnr_end and logsnr_span both place the steps; give one.')
-    inner = [time_at(logsnr_fn, float(l)) for l in jnp.linspace(*logsnr_span, steps - 1)]
+    inner = time_at(logsnr_fn, jnp.linspace(*logsnr_span, steps - 1))
     ts = jnp.asarray([1.0, *inner, 0.0], jnp.float32)
     return ts, logsnr_fn(ts)
   # At or past the schedule's own end (edm stops at a finite logSNR) there is nothing to cut.
   cut = logsnr_end < float(logsnr_fn(jnp.zeros(())))
-  t_end = time_at(logsnr_fn, logsnr_end) if cut else 0.0
+  t_end = float(time_at(logsnr_fn, logsnr_end)) if cut else 0.0
   ts = jnp.concatenate([jnp.linspace(1.0, t_end, steps), jnp.zeros(1)]) if t_end > 0 else \
       jnp.linspace(1.0, 0.0, steps + 1)
   return ts, logsnr_fn(ts)
