@@ -98,11 +98,11 @@ def _accelerator(c):
   # At most 300 passes over the training split, whatever its size: a small set is memorized
   # after a fixed number of passes (from_config.capped_steps). On one H200, on DawnLike's 1,878
   # sprites, this network drew training sprites back after 800 passes (2,940 steps: 17% near
-  # copies with 50 sampler steps). After 400 (1,470 steps; two runs, scored on the CPU) no near
-  # copies, FID 1.07x / 1.01x the floor, but by pixels 10-12% of samples nearer a training
+  # copies with 50 sampler steps). After 400 (1,470 steps; two runs, scored on the CPU) 0-0.2%
+  # near copies, FID 1.07x / 1.01x the floor, but by pixels 10-12% of samples nearer a training
   # sprite than 95% of held-out ones (new sprites: 5%), characters among them redrawn almost
   # pixel for pixel; after 300 (1,110 steps) FID 1.16x, 3.0% nearer by pixels (by features 11%
-  # against 21%), as crisp (grain 0.148 against 0.145). On emoji the same trade, by pixels:
+  # against 21-22%), as crisp (grain 0.148 against 0.145). On emoji the same trade, by pixels:
   # 400 passes 1.22x and 11% nearer, 250 passes 1.33x and 1% (README, Results).
   # 2,000 sprites stop at step 1,180; the course's 89,400 train all 50,000 steps (286 passes).
   # An evaluation, memorization audit included, every 10,000 steps shows a long run's trend,
@@ -112,9 +112,10 @@ def _accelerator(c):
                  eval_every=10_000, keep_every=10_000)
   # 50 steps, not the CPU preset's 25: this better-trained network's sprites come closer to real
   # with a finer solver (H200, FID over the floor: 800 passes 1.27 / 1.16 / 1.03 at 20 / 25 / 50
-  # steps; 400 passes, scored on the CPU, 1.23 / 1.01 at 20 / 50). Twenty steps uniform in
-  # logSNR (sample.logsnr_grid='-10,10') drew as close (0.97) but grainier (0.152 against 0.145),
-  # so the preset keeps 50 uniform in t; drawing 1,000 took 13-25 s either way on the H200.
+  # steps; 400 passes, scored on the CPU, 1.32 / 1.07 and 1.23 / 1.01 at 20 / 50 in two runs).
+  # Twenty steps uniform in logSNR (sample.logsnr_grid='-10,10') drew as close on the second
+  # (0.97) but grainier (0.152 against 0.145), so the preset keeps 50 uniform in t; drawing
+  # 1,000 took 13-25 s either way on the H200.
   c.sample.update(sampler='dpmpp_2m', steps=50, guidance=2.0, guidance_logsnr='-2,3',
                   per_class=16)
 
