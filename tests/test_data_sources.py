@@ -15,7 +15,7 @@ from conftest import SHARED_DATA, tiny_config
 from configs import base
 from experiments import train
 from experiments.data import dataset, tfds_builder
-from experiments.data.sources import catalog, dawnlike, folder
+from experiments.data.sources import catalog, dawnlike
 from experiments.data.sources.images import Sprite, composite_on_white as _on_white
 
 DAWNLIKE = os.path.join(SHARED_DATA, 'dawnlike-1.81')
