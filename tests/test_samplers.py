@@ -167,11 +167,11 @@ def test_logsnr_grid_spaces_the_inner_steps_evenly_in_logsnr():
   """t = 1 first and t = 0 last, as sampling runs; between, logSNR climbs lo..hi in even steps,
   and an exact x0_hat still lands on x0 whatever the sampler."""
   logsnr_fn = schedules.cosine()
-  ts, logsnrs = (np.asarray(a) for a in samplers.time_grid(logsnr_fn, 9, logsnr_span=(-6.0, 6.0)))
+  grid = samplers.time_grid(logsnr_fn, 9, logsnr_span=(-6.0, 6.0))
+  ts, logsnrs = (np.asarray(a) for a in grid)
   assert ts.shape == (10,) and ts[0] == 1.0 and ts[-1] == 0.0 and np.all(np.diff(ts) < 0)
   np.testing.assert_allclose(logsnrs[1:-1], np.linspace(-6, 6, 8), atol=1e-3)
   target = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
-  grid = samplers.time_grid(logsnr_fn, 9, logsnr_span=(-6.0, 6.0))
   for sampler in ALL:
     x = jax.jit(lambda keys, s=sampler: samplers.sample(
         denoise=oracle(target), grid=grid, keys=keys, shape=(4, 4, 3), sampler=s))(_keys(2))

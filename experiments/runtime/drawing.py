@@ -198,5 +198,6 @@ def output_name(step: int, sampler: str, steps: int, guidance: float, palette: i
   suffix = (f'_g{guidance:g}{interval}' if guidance else '') + (f'_p{palette}' if palette else '')
   suffix += '' if use_ema else '_raw'
   end = f'e{logsnr_end:g}' if logsnr_end else ''
-  span = 'u{:g}to{:g}'.format(*logsnr_span(logsnr_grid)) if logsnr_grid.strip() else ''
-  return f'step{step:06d}_{sampler}{steps}{end}{span}{suffix}'
+  span = logsnr_span(logsnr_grid)
+  grid = 'u{:g}to{:g}'.format(*span) if span else ''
+  return f'step{step:06d}_{sampler}{steps}{end}{grid}{suffix}'
