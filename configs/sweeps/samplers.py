@@ -2,9 +2,9 @@
 
   python -m experiments.sweep --config=configs/sprites.py:cpu --sweep=configs/sweeps/samplers.py
 
-BASE trains the model of the schedule sweep's baseline (the cpu preset cut to 300 steps, with the
-same pins: guidance 2 at every level, the plain v-MSE loss, batch 64), so the two sweeps read
-together (drop BASE to sweep the full preset's model). DDPM stops at 250 steps: 1,000 would cost
+BASE trains the model of the schedule sweep's baseline (the cpu preset cut to 300 steps, with
+the same pins: guidance 2 at every level, the plain v-MSE loss, batch 64, widths 24/48/120), so
+the two sweeps read together (drop BASE to sweep the full preset's model). DDPM stops at 250 steps: 1,000 would cost
 more than the rest of the sweep on 2 CPU cores.
 """
 
@@ -12,7 +12,7 @@ more than the rest of the sweep on 2 CPU cores.
 BASE = {'train.steps': 300, 'train.ckpt_every': 300, 'train.log_every': 50,
         'sample.per_class': 4, 'sample.guidance': 2.0, 'eval.num_samples': 160,
         'diffusion.loss_weighting': 'simple', 'train.batch_size': 64,
-        'sample.guidance_logsnr': ''}
+        'sample.guidance_logsnr': '', 'model.n_feat': 24}
 
 
 def get_sweep():
