@@ -4,8 +4,8 @@
 
 BASE trains the model of the schedule sweep's baseline (the cpu preset cut to 300 steps, with
 the same pins: guidance 2 at every level, the plain v-MSE loss, batch 64, widths 24/48/120), so
-the two sweeps read together (drop BASE to sweep the full preset's model). DDPM stops at 250 steps: 1,000 would cost
-more than the rest of the sweep on 2 CPU cores.
+the two sweeps read together (drop BASE to sweep the full preset's model). DDPM stops at 250
+steps: 1,000 would cost more than the rest of the sweep on 2 CPU cores.
 """
 
 
