@@ -43,6 +43,7 @@ RANGES = {
     'seed': _SEED,
     'data.tile_size': _NATURAL, 'data.test_fraction': _within(0, 1, open_high=True),
     'model.n_feat': _COUNT, 'model.blocks': _COUNT, 'model.head_dim': _COUNT,
+    'model.patch': _COUNT,
     'model.dropout': _within(0, 1, open_high=True),
     'diffusion.beta_start': _within(0, 1, open_low=True, open_high=True),
     'diffusion.beta_end': _within(0, 1, open_low=True, open_high=True),

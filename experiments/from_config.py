@@ -37,7 +37,7 @@ def model(model_cfg, num_classes: int):
   return cls(num_classes=k, channels=tuple(model_cfg.n_feat * m for m in model_cfg.channel_mult),
              blocks=model_cfg.blocks, attention=tuple(model_cfg.attention),
              head_dim=model_cfg.head_dim, dropout=model_cfg.dropout, dtype=dtype,
-             self_cond=model_cfg.self_cond)
+             self_cond=model_cfg.self_cond, patch=model_cfg.patch)
 
 
 def learning_rate(train_cfg) -> optax.Schedule:
@@ -97,6 +97,8 @@ def validate(config) -> None:
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
   _validate_unet(config.model, config.data.image_size)
+  _check(config.model.name == 'unet' or config.model.patch == 1,
+         f'model.patch={config.model.patch} needs model.name=unet (got {config.model.name!r}).')
   _check(config.model.name == 'unet' or not config.model.self_cond,
          f'model.self_cond=True needs model.name=unet (got {config.model.name!r}): the course\'s '
          'ContextUnet has no input for its earlier estimate.')
@@ -135,10 +137,12 @@ def _validate_unet(model_cfg, image_size: int) -> None:
   levels = len(model_cfg.channel_mult)
   _check(levels >= 1 and min(model_cfg.channel_mult) >= 1,
          'model.channel_mult needs at least one level, every multiple >= 1.')
-  _check(image_size % 2 ** (levels - 1) == 0,
-         f'data.image_size={image_size} must halve {levels - 1} times for model.channel_mult='
-         f'{tuple(model_cfg.channel_mult)}: use fewer levels or a size divisible by '
-         f'{2 ** (levels - 1)}.')
+  unit = model_cfg.patch * 2 ** (levels - 1)
+  _check(image_size % unit == 0,
+         f'data.image_size={image_size} must split into model.patch={model_cfg.patch} pixel '
+         f'patches and then halve {levels - 1} times for model.channel_mult='
+         f'{tuple(model_cfg.channel_mult)}: use fewer levels, a smaller patch or a size '
+         f'divisible by {unit}.')
   _check(all(0 <= a < levels for a in model_cfg.attention),
          f'model.attention={tuple(model_cfg.attention)}: levels must be in 0..{levels - 1}.')
 

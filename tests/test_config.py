@@ -58,12 +58,23 @@ def test_unknown_preset_lists_the_valid_ones():
     ('data.image_size', 18, 'multiple of 4'),
     ('sample.guidance_logsnr', '3,-3', 'sample.guidance_logsnr'),
     ('train.adam_beta2', 1.0, 'train.adam_beta2'),
+    ('model.patch', 2, 'model.patch=2 needs model.name=unet'),  # smoke: the ContextUnet
+    ('model.patch', 0, 'model.patch'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')
   section, name = key.split('.')
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
+    from_config.validate(config)
+
+
+def test_unet_patches_must_tile_the_sprite_and_its_levels():
+  config = sprites.get_config('cpu')  # 3 levels: 16 px halves twice
+  config.model.patch = 2
+  from_config.validate(config)  # 16 = 2 * 2 ** 2
+  config.model.patch = 8
+  with pytest.raises(ValueError, match='model.patch=8 pixel patches.*divisible by 32'):
     from_config.validate(config)
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion.models.unet import UNet, num_groups
+from diffusion.models.unet import UNet, from_patches, num_groups, to_patches
 
 K = 3
 TINY = dict(num_classes=K, channels=(8, 16), blocks=1, attention=(1,), head_dim=8, dropout=0.5)
@@ -56,6 +56,26 @@ def test_parameter_count(config, count):
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
                           jnp.zeros((1,)), jnp.zeros((1, config['num_classes'])))
   assert sum(x.size for x in jax.tree.leaves(params)) == count
+
+
+def test_patches_keep_each_pixel_block_together_and_invert():
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 16, 16, 3), np.float32))
+  patches = to_patches(x, 2)
+  assert patches.shape == (2, 8, 8, 12)
+  np.testing.assert_array_equal(patches[:, 3, 5].reshape(2, 2, 2, 3), x[:, 6:8, 10:12])
+  np.testing.assert_array_equal(from_patches(patches, 2), x)
+
+
+@pytest.mark.parametrize('size', [16, 32])
+def test_patch_2_draws_whole_sprites_with_wider_first_and_last_convs(size):
+  """The input conv takes 12 channels instead of 3 (+9 x 9 x 8 weights), the output conv gives
+  12 (+9 x 9 x 8 weights, +9 biases); everything else is the same network."""
+  model = UNet(**TINY, patch=2)
+  x, noise, context = jnp.ones((2, size, size, 3)), jnp.zeros((2,)), jnp.eye(K)[:2]
+  params = jax.eval_shape(model.init, jax.random.key(0), x, noise, context)
+  out = jax.eval_shape(model.apply, params, x, noise, context)
+  assert out.shape == (2, size, size, 3) and out.dtype == jnp.float32
+  assert sum(p.size for p in jax.tree.leaves(params)) == 48_235 + 648 + 657
 
 
 def test_self_conditioning_takes_an_earlier_estimate_as_three_more_channels():

@@ -19,6 +19,12 @@ Dynamics of Diffusion Models"): no parameters, and on XLA:CPU a train step costs
 as with a strided conv. Upsampling is nearest neighbour then a 3x3 conv, which has no
 checkerboard artefacts.
 
+Patches, a switch (`patch` p > 1): the network sees p x p pixel patches as single positions
+(space-to-depth, as DiT and U-ViT patchify) and returns them the same way, so a 16 px sprite is
+an 8 x 8 map of 12 channels at p = 2. Its first level then works at 8 x 8 with more channels,
+which XLA:CPU runs 1.7 times as fast per sprite as the `cpu` preset's 16 x 16 level; in the same
+budget its sprites came out grainier (README, ablations).
+
 Self-conditioning (Chen et al. 2022, "Analog Bits"), a switch: the network also takes its own
 earlier x0_hat as 3 more input channels (zeros when there is none), so a sampler's step can
 refine the last estimate instead of making it anew.
@@ -121,6 +127,21 @@ class Attention(nn.Module):
     return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
 
 
+def to_patches(x: jax.Array, p: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H/p, W/p, p*p*C]: each p x p patch becomes one position."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def from_patches(x: jax.Array, p: int) -> jax.Array:
+  """The inverse of to_patches."""
+  b, h, w, pc = x.shape
+  c = pc // (p * p)
+  x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * p, c)
+
+
 def downsample(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -134,7 +155,7 @@ def upsample(x: jax.Array) -> jax.Array:
 class UNet(nn.Module):
   """f(x [B, H, W, C], logSNR [B], context [B, num_classes]) -> [B, H, W, C] in `dtype`.
 
-  H and W must be multiples of 2 ** (len(channels) - 1). The null context is the zero
+  H and W must be multiples of patch * 2 ** (len(channels) - 1). The null context is the zero
   vector. `head_dim` channels per attention head (at least one head per block).
   """
   noise_input: ClassVar[str] = 'logsnr'
@@ -146,6 +167,7 @@ class UNet(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   self_cond: bool = False  # also take x0_self [B, H, W, C], an earlier x0_hat (None: zeros)
+  patch: int = 1  # p > 1: work on p x p pixel patches (space-to-depth), see the module docstring
 
   def res(self, features, x, emb, train):
     return ResBlock(features, self.dropout, self.dtype)(x, emb, train)
@@ -158,6 +180,8 @@ class UNet(nn.Module):
     dt, last, out_channels = self.dtype, len(self.channels) - 1, x.shape[-1]
     if self.self_cond:
       x = jnp.concatenate([x, jnp.zeros_like(x) if x0_self is None else x0_self], axis=-1)
+    if self.patch > 1:
+      x = to_patches(x, self.patch)
     # SiLU once here instead of in every block: ADM applies it before each block's Dense.
     emb = nn.silu(Embedding(4 * self.channels[0], dt)(noise, context))
     h = nn.Conv(self.channels[0], (3, 3), padding=1, dtype=dt)(x.astype(dt))
@@ -179,4 +203,5 @@ class UNet(nn.Module):
       if level > 0:
         h = nn.Conv(features, (3, 3), padding=1, dtype=dt)(upsample(h))
     h = nn.silu(norm(h, dt))
-    return zero_conv(out_channels, 3, dt)(h).astype(dt)
+    out = zero_conv(out_channels * self.patch ** 2, 3, dt)(h).astype(dt)
+    return from_patches(out, self.patch) if self.patch > 1 else out
