@@ -28,7 +28,7 @@ def _model() -> ml_collections.ConfigDict:
   s.head_dim = 32          # unet: channels per attention head
   s.dropout = 0.0          # unet: dropout in the residual blocks while training
   s.self_cond = False      # unet: also feed it its own earlier x0_hat (self-conditioning)
-  s.patch = 1              # unet: p > 1 works on p x p pixel patches (the first level at 16/p px)
+  s.patch = 1              # unet: p > 1 works on p x p pixel patches (first level at image_size/p)
   s.dtype = 'float32'      # compute dtype: float32 | bfloat16 (parameters stay float32)
   return s
 

@@ -59,7 +59,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('sample.guidance_logsnr', '3,-3', 'sample.guidance_logsnr'),
     ('train.adam_beta2', 1.0, 'train.adam_beta2'),
     ('model.patch', 2, 'model.patch=2 needs model.name=unet'),  # smoke: the ContextUnet
-    ('model.patch', 0, 'model.patch'),
+    ('model.patch', 0, 'model.patch=0: must be >= 1'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')

@@ -22,8 +22,9 @@ checkerboard artefacts.
 Patches, a switch (`patch` p > 1): the network sees p x p pixel patches as single positions
 (space-to-depth, as DiT and U-ViT patchify) and returns them the same way, so a 16 px sprite is
 an 8 x 8 map of 12 channels at p = 2. Its first level then works at 8 x 8 with more channels,
-which XLA:CPU runs 1.7 times as fast per sprite as the `cpu` preset's 16 x 16 level; in the same
-budget its sprites came out grainier (README, ablations).
+which XLA:CPU runs fast: at p = 2 the `cpu` preset's network without its 16 x 16 level trained
+1.7 times as many sprites per second, but in the same budget drew grainier ones (README,
+ablations).
 
 Self-conditioning (Chen et al. 2022, "Analog Bits"), a switch: the network also takes its own
 earlier x0_hat as 3 more input channels (zeros when there is none), so a sampler's step can
