@@ -99,6 +99,8 @@ def _sample() -> ml_collections.ConfigDict:
                          # to DPM-Solver's 'logSNR' spacing), e.g. '-8,8'; '' = uniform in t
   s.guidance = 0.0       # classifier-free guidance w: (1 + w) cond - w uncond; 0 = off
   s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi, e.g. '-2,3'; '' = all
+  s.autoguidance = 0.0   # a: (1 + a) D - a D_guide, D_guide the same run's weights at guide_step; 0 = off
+  s.guide_step = 0       # the step whose (EMA) weights guide; training keeps that checkpoint for good
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)

@@ -67,11 +67,14 @@ def _cpu(c):
   c.train.update(steps=8_400, max_epochs=250.0, batch_size=32, learning_rate=2e-3,
                  warmup_steps=100, lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100,
                  ckpt_every=400)
-  # Guidance 2 only at middle noise levels (logSNR -2..3, Kynkaanniemi et al. 2024): on the same
-  # models and noise, closer to real sprites (FID, recall) than 0.5 at every level, classes as
-  # typical (README, Ablations); guidance at every level trades variety for typicality.
-  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=2.0, guidance_logsnr='-2,3',
-                  per_class=12)
+  # Autoguidance (Karras et al. 2024) from the run's own weights at step 400 (1/21 of training,
+  # kept for good), weight 0.5, plus classifier-free guidance 1 only at middle noise levels
+  # (logSNR -2..3, Kynkaanniemi et al. 2024). On the same model and noise as CFG 2 alone (the
+  # preset before): 10% less grain, flatter fills and cleaner white to the eye, FID and recall
+  # as close to real, classes as typical (README, Ablations). Guiding from later checkpoints
+  # (800-3,000) or a narrower network left more grain.
+  c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
+                  autoguidance=0.5, guide_step=400, per_class=12)
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 
 

@@ -8,6 +8,7 @@ low noise it only sharpens what is already decided, so w applies where lo <= log
 is 0 elsewhere. The outputs are mixed in the network's own target space, which is
 the same as mixing x0 and eps, since both are affine in the output at fixed x_t.
 Contexts may be any vectors: one-hot classes, or weighted mixes such as 0.6 food + 0.4 spell.
+Autoguidance (`autoguided`) steers away from a weaker network instead, and combines with CFG.
 """
 from typing import Callable
 
@@ -39,6 +40,20 @@ def threshold_x0(x0: jax.Array, method: str, percentile: float = 0.995) -> jax.A
     s = s.reshape((-1,) + (1,) * (x0.ndim - 1))
     return jnp.clip(x0, -s, s) / s
   registry.check(method, THRESHOLDS, 'x0 threshold')
+
+
+def autoguided(model_fn: Callable[..., jax.Array], guide_fn: Callable[..., jax.Array],
+               weight: float) -> Callable[..., jax.Array]:
+  """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself"):
+  (1 + weight) f - weight f_guide, where f_guide is a weaker network of the same kind, here an
+  early checkpoint of the same run, called with the same inputs and context. Its errors are
+  f's, only larger, so stepping away from it removes what f has not yet learnt well (blotchy
+  fills, speckles) without CFG's pull towards each class's most typical sprite. The outputs
+  are combined in the networks' target space, like classifier-free guidance."""
+  def fn(*args, **kwargs):
+    out = model_fn(*args, **kwargs).astype(jnp.float32)
+    return (1 + weight) * out - weight * guide_fn(*args, **kwargs).astype(jnp.float32)
+  return fn
 
 
 def make_denoiser(*, model_fn: Callable[..., jax.Array],

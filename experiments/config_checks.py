@@ -61,6 +61,7 @@ RANGES = {
     'train.log_every': _NATURAL, 'train.ckpt_every': _NATURAL, 'train.keep_checkpoints': _COUNT,
     'train.keep_every': _NATURAL, 'train.sample_every': _NATURAL, 'train.eval_every': _NATURAL,
     'sample.steps': _COUNT, 'sample.eta': _NATURAL, 'sample.guidance': _ANY_FINITE,
+    'sample.autoguidance': _NATURAL, 'sample.guide_step': _STEPS,
     'sample.dynamic_percentile': _within(0, 1, open_low=True), 'sample.per_class': _COUNT,
     'sample.seed': _SEED, 'sample.batch_size': _COUNT, 'sample.gif_frames': _NATURAL,
     'sample.upscale': _COUNT, 'sample.sheet_colors': _NATURAL, 'sample.sheet_upscale': _COUNT,

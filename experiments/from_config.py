@@ -93,6 +93,9 @@ def validate(config) -> None:
          f'train.steps={train.steps} must be a multiple of train.steps_per_dispatch='
          f'{train.steps_per_dispatch} (or set it to 0: automatic).')
   registry.check(train.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
+  _check(not sample.autoguidance or sample.guide_step >= 1,
+         f'sample.autoguidance={sample.autoguidance:g} needs sample.guide_step >= 1, the step whose '
+         'weights guide (an early checkpoint of the same run, e.g. 1/20 of train.steps).')
   _check(sample.steps >= 1 and sample.per_class >= 1, 'sample.steps and sample.per_class must be >= 1.')
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
@@ -173,6 +176,25 @@ def cap_steps(config, train_size: int) -> None:
     config.train.steps = steps
 
 
+def guide_steps(config, backend: str) -> tuple[int, ...]:
+  """(sample.guide_step,) for training to save and keep, checked against the run's (capped)
+  steps and dispatches; () when it is 0."""
+  step, train = config.sample.guide_step, config.train
+  if not step:
+    return ()
+  per_dispatch = steps_per_dispatch(train, backend)
+  _check(step < train.steps and step % per_dispatch == 0,
+         f'sample.guide_step={step} must be a step this run saves: below train.steps={train.steps} '
+         f'and a multiple of the {per_dispatch} step(s) per dispatch (set train.steps_per_dispatch '
+         'or pick another step).')
+  for key in ('sample_every', 'eval_every'):
+    every = train[key]
+    _check(not config.sample.autoguidance or not every or every >= step,
+           f'train.{key}={every} draws with autoguidance before its guide, step {step}, exists: '
+           f'use 0 or at least {step}.')
+  return (step,)
+
+
 def steps_per_dispatch(train_cfg, backend: str) -> int:
   """train.steps_per_dispatch, with 0 resolved: on accelerators the largest k <= 10 that divides
   train.steps (fusing steps hides launch overhead); on CPU 1, where XLA runs the convolution
@@ -218,7 +240,7 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
       guidance=sample.guidance if guidance is None else guidance,
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size,
-      self_cond=config.model.self_cond)
+      self_cond=config.model.self_cond, autoguidance=sample.autoguidance)
 
 
 # Models whose configs differ only in these keys (and in sample.* / eval.*) train as one vmapped

@@ -24,7 +24,8 @@ def output_name(config, step: int) -> str:
   sample_cfg = config.sample
   return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
-                             sample_cfg.logsnr_end, sample_cfg.logsnr_grid)
+                             sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
+                             sample_cfg.autoguidance, sample_cfg.guide_step)
 
 
 def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:
@@ -58,9 +59,10 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                  else dataset.recorded_class_names(config.data, workdir))
   mesh = parallel.make_mesh()
   sample_cfg = config.sample
+  state_kwargs = from_config.state_kwargs(config, len(class_names))
   if params is None:
-    step, params = drawing.restore_params(workdir, mesh, sample_cfg.use_ema,
-                                          **from_config.state_kwargs(config, len(class_names)))
+    step, params = drawing.restore_params(workdir, mesh, sample_cfg.use_ema, **state_kwargs)
+  params = drawing.with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
   context, labels, rows = drawing.contexts(class_names, sample_cfg.per_class, sample_cfg.mix)
   model = from_config.model(config.model, len(class_names))
   frames = sample_cfg.gif_frames if sample_cfg.gif else 0

@@ -65,7 +65,9 @@ def _prepare(config, workdir: str):
   mesh = parallel.make_mesh()
   parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
   kwargs = from_config.state_kwargs(config, data.num_classes)
-  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every)
+  guide = from_config.guide_steps(config, jax.default_backend())
+  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every,
+                             keep_steps=guide)
   latest = mngr.latest_step()
   _check_recorded_classes(workdir, data.class_names, latest is not None)
   if latest is not None and latest > config.train.steps:
@@ -123,6 +125,7 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
     before, step = step, step + per_dispatch
     done, stopping = step >= total, stop.requested(step)
     log, save = (_crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))
+    save = save or before < config.sample.guide_step <= step  # autoguidance's guide
     if log or save or stopping:
       metrics = jax.device_get(metrics)
       _check_finite(metrics, step, mngr)

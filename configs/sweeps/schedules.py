@@ -24,7 +24,8 @@ SHIFT = round(2 * math.log(64 / 16), 2)
 BASE = {'train.steps': 300, 'train.ckpt_every': 300, 'train.log_every': 50,
         'sample.per_class': 4, 'sample.guidance': 2.0, 'eval.num_samples': 160,
         'diffusion.loss_weighting': 'simple', 'train.batch_size': 64,
-        'sample.guidance_logsnr': '', 'model.n_feat': 24}
+        'sample.guidance_logsnr': '', 'model.n_feat': 24, 'sample.autoguidance': 0.0,
+        'sample.guide_step': 0}
 
 
 def get_sweep():

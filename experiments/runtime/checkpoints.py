@@ -47,10 +47,11 @@ def _save_replicas_whole_on_cpu() -> None:
   ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
-def manager(workdir: str, keep: int, keep_every: int = 0,
-            create: bool = True) -> ocp.CheckpointManager:
-  """Keeps the `keep` latest checkpoints, and for good every one at a multiple of `keep_every`.
-  create=False for readers: a mistyped --workdir is then refused without leaving a folder there."""
+def manager(workdir: str, keep: int, keep_every: int = 0, create: bool = True,
+            keep_steps: tuple[int, ...] = ()) -> ocp.CheckpointManager:
+  """Keeps the `keep` latest checkpoints, and for good every one at a multiple of `keep_every`
+  and those of `keep_steps` (autoguidance's guide). create=False for readers: a mistyped
+  --workdir is then refused without leaving a folder there."""
   _save_replicas_whole_on_cpu()
   if keep < 1 or keep_every < 0:
     raise ValueError(f'train.keep_checkpoints={keep} must be >= 1 and train.keep_every='
@@ -59,6 +60,8 @@ def manager(workdir: str, keep: int, keep_every: int = 0,
   keep_policies = [policies.LatestN(n=keep)]
   if keep_every:
     keep_policies.append(policies.EveryNSteps(interval_steps=keep_every))
+  if keep_steps:
+    keep_policies.append(policies.CustomSteps(steps=list(keep_steps)))
   options = ocp.CheckpointManagerOptions(
       create=create, enable_async_checkpointing=False,
       preservation_policy=policies.AnyPreservationPolicy(keep_policies))
@@ -119,6 +122,20 @@ def _restore_checked(mngr, step: int, abstract_state):
     logging.warning('Checkpoint %d in %s has no sha256 digests (saved by an older version): '
                     'restored after checking shapes and finite values only.', step, mngr.directory)
   return state
+
+
+def restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state, *, why: str, fix: str):
+  """The checkpoint at `step`, checked; a missing or damaged one is a CheckpointError that says
+  `why` it was needed, what the workdir holds, and the `fix`."""
+  steps = sorted(mngr.all_steps())
+  if step not in steps:
+    raise CheckpointError(f'{why}, but {mngr.directory} has no checkpoint of step {step} (it holds '
+                          f'{", ".join(map(str, steps)) or "none"}): {fix}.')
+  try:
+    return _restore_checked(mngr, step, abstract_state)
+  except _Damaged as e:
+    raise CheckpointError(f'{why}, but its checkpoint in {mngr.directory} cannot be trusted: {e}. '
+                          f'{fix[0].upper() + fix[1:]}.') from e
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, *, set_aside: bool = False):

@@ -5,7 +5,7 @@ What --mode=sample, show, eval and the benchmark share. Sprite i's noise derives
 """
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,13 @@ class Sampling:
   image_size: int
   self_cond: bool = False  # the network also takes the last x0_hat
   logsnr_grid: tuple[float, float] | None = None  # steps uniform in logSNR over (lo, hi); None: in t
+  autoguidance: float = 0.0  # > 0: params are (weights, guide weights), see with_guide
+
+
+class Guided(NamedTuple):
+  """The weights that draw, and the early weights of the same run that autoguidance steers from."""
+  params: Any
+  guide: Any
 
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
@@ -45,14 +52,35 @@ def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
   return int(state.step), state.ema_params if use_ema else state.params
 
 
+def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
+  """`params`, or Guided(params, the weights of checkpoint sample.guide_step) when autoguidance
+  is on; the guide is read from `workdir` (EMA weights if sample.use_ema, as the drawing ones)."""
+  if not sample_cfg.autoguidance:
+    return params
+  state = checkpoints.restore_step(
+      checkpoints.manager(workdir, 1, create=False), sample_cfg.guide_step,
+      state_lib.abstract_state(mesh=mesh, **state_kwargs),
+      why=f'sample.autoguidance={sample_cfg.autoguidance:g} steers from the weights of step '
+          f'{sample_cfg.guide_step} (sample.guide_step)',
+      fix='train with that sample.guide_step (training keeps its checkpoint), set sample.guide_step '
+          'to a step listed there, or sample.autoguidance=0')
+  return Guided(params, state.ema_params if sample_cfg.use_ema else state.params)
+
+
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
-  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B."""
+  """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B;
+  params a Guided pair when sampling.autoguidance > 0 (with_guide makes it)."""
   s = sampling  # pylint: disable=invalid-name
   grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
 
   def fn(params, keys, context):
+    if s.autoguidance:
+      model_fn = denoiser.autoguided(models.network_fn(model, params.params),
+                                     models.network_fn(model, params.guide), s.autoguidance)
+    else:
+      model_fn = models.network_fn(model, params)
     denoise = denoiser.make_denoiser(
-        model_fn=models.network_fn(model, params), context=context,
+        model_fn=model_fn, context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         guidance_logsnr=s.guidance_logsnr,
         threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
@@ -188,14 +216,17 @@ def logsnr_span(spec: str) -> tuple[float, float] | None:
 
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
                 guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0,
-                logsnr_grid: str = '') -> str:
-  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_p32][_raw]': what drew a set of sprites, for its
-  file names (e4: the last step from logSNR 4; u-8to8: steps uniform in logSNR over -8..8; _raw:
-  the trained weights, not their EMA)."""
+                logsnr_grid: str = '', autoguidance: float = 0.0, guide_step: int = 0) -> str:
+  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_p32][_raw]': what drew a set of
+  sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps uniform in logSNR
+  over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; _raw: the trained weights,
+  not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
-  suffix = (f'_g{guidance:g}{interval}' if guidance else '') + (f'_p{palette}' if palette else '')
+  suffix = (f'_g{guidance:g}{interval}' if guidance else '')
+  suffix += f'_ag{autoguidance:g}s{guide_step}' if autoguidance else ''
+  suffix += f'_p{palette}' if palette else ''
   suffix += '' if use_ema else '_raw'
   end = f'e{logsnr_end:g}' if logsnr_end else ''
   span = logsnr_span(logsnr_grid)

@@ -41,15 +41,21 @@ def create(*, model, tx, seed: int, image_size: int, num_classes: int, mesh) -> 
   return jax.jit(make, out_shardings=parallel.replicated(mesh))()
 
 
+def abstract_state(*, model, tx, seed: int, image_size: int, num_classes: int, mesh):
+  """The state's shapes and dtypes, replicated over `mesh`: what a checkpoint restores into."""
+  rep = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+      jax.eval_shape(lambda: init(model, tx, init_key(seed), image_size, num_classes)))
+
+
 def create_or_restore(*, model, tx, seed: int, image_size: int, num_classes: int, mesh, mngr,
                       must_exist: bool = False, set_aside: bool = False) -> TrainState | None:
   """The latest checkpoint of `mngr` that passes its checks, restored replicated over `mesh`, or
   else `create`'s fresh state; None instead when `must_exist` and there is no checkpoint.
   `set_aside`: move damaged newer checkpoints out of the way (see checkpoints.restore_latest)."""
-  rep = parallel.replicated(mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-      jax.eval_shape(lambda: init(model, tx, init_key(seed), image_size, num_classes)))
+  abstract = abstract_state(model=model, tx=tx, seed=seed, image_size=image_size,
+                            num_classes=num_classes, mesh=mesh)
   state = checkpoints.restore_latest(mngr, abstract, set_aside=set_aside)
   if state is not None or must_exist:
     return state

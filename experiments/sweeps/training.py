@@ -79,7 +79,9 @@ def train_group(configs, workdirs) -> list:
   mesh = parallel.make_mesh()
   parallel.check_batch(configs[0].train.batch_size, mesh, 'train.batch_size')
   kwargs = [from_config.state_kwargs(c, data.num_classes) for c in configs]
-  mngrs = [checkpoints.manager(w, c.train.keep_checkpoints) for c, w in zip(configs, workdirs)]
+  mngrs = [checkpoints.manager(w, c.train.keep_checkpoints,
+                               keep_steps=from_config.guide_steps(c, jax.default_backend()))
+           for c, w in zip(configs, workdirs)]
   states = [state_lib.create_or_restore(mesh=mesh, mngr=m, **k) for m, k in zip(mngrs, kwargs)]
   if len({int(s.step) for s in states}) > 1:
     raise ValueError(f'{workdirs}: members stand at different steps; train them apart.')
@@ -109,6 +111,7 @@ def _loop(configs, workdirs, states, data, model, mngrs, mesh) -> list:
     before, step = step, step + per_dispatch
     done = step >= cfg.steps
     log, save = (_crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
+    save = save or any(before < c.sample.guide_step <= step for c in configs)  # guides
     if log or save:
       metrics = jax.device_get(metrics)
       _check_finite(metrics['loss'], step, workdirs, mngrs)
