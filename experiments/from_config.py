@@ -167,12 +167,18 @@ def capped_steps(train_cfg, train_size: int) -> int:
 
 def cap_steps(config, train_size: int) -> None:
   """Lower config.train.steps to capped_steps, saying so; before the optimizer is built, so that
-  its schedule ends there too."""
+  its schedule ends there too. sample.guide_step shrinks with it: the guide stays the weights at
+  the same share of the run (in whole dispatches, at least one)."""
   steps = capped_steps(config.train, train_size)
   if steps < config.train.steps:
     logging.info('train.max_epochs=%g: that many passes over %d training sprites end this run at '
                  'step %d, before train.steps=%d (raise train.max_epochs, or set it to 0, to train '
                  'longer).', config.train.max_epochs, train_size, steps, config.train.steps)
+    guide = config.sample.guide_step
+    if guide:
+      unit = config.train.steps_per_dispatch or 10
+      config.sample.guide_step = max(unit, round(guide * steps / config.train.steps / unit) * unit)
+      logging.info('sample.guide_step=%d scaled with it to %d.', guide, config.sample.guide_step)
     config.train.steps = steps
 
 

@@ -60,6 +60,8 @@ def test_unknown_preset_lists_the_valid_ones():
     ('train.adam_beta2', 1.0, 'train.adam_beta2'),
     ('model.patch', 2, 'model.patch=2 needs model.name=unet'),  # smoke: the ContextUnet
     ('model.patch', 0, 'model.patch=0: must be >= 1'),
+    ('sample.autoguidance', 0.5, 'sample.autoguidance=0.5 needs sample.guide_step >= 1'),
+    ('sample.autoguidance', -1.0, 'sample.autoguidance=-1'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')
@@ -153,6 +155,8 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_end=4.0) == 'step000007_ddim9e4'
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_grid='-8,8') == 'step000007_ddim9u-8to8'
+  assert (drawing.output_name(7, 'dpmpp_2m', 25, 1.0, 32, '-2,3', autoguidance=0.5, guide_step=400)
+          == 'step000007_dpmpp_2m25_g1i-2to3_ag0.5s400_p32')
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
@@ -187,3 +191,31 @@ def test_adam_beta2_sets_the_second_moment_decay(weight_decay):
   nu = [s.nu for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, 'nu')) if hasattr(s, 'nu')]
   assert len(nu) == 1
   assert jnp.allclose(nu[0]['w'], 0.1 * grads['w'] ** 2)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'sample.guide_step': 8400}, 'sample.guide_step=8400 must be a step this run saves'),
+    ({'sample.guide_step': 405, 'train.steps_per_dispatch': 10},
+     'sample.guide_step=405 must be a step this run saves.*multiple of the 10 step'),
+    ({'train.eval_every': 200}, 'train.eval_every=200 draws with autoguidance before its guide'),
+])
+def test_the_guide_step_must_be_one_the_run_saves_before_drawing_with_it(overrides, message):
+  config = sprites.get_config('cpu')
+  assert from_config.guide_steps(config, 'cpu') == (400,)
+  for key, value in overrides.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    from_config.guide_steps(config, 'cpu')
+
+
+def test_a_capped_run_scales_its_guide_step_with_it():
+  config = sprites.get_config('cpu')
+  from_config.cap_steps(config, 200)  # 250 passes over 200 sprites at batch 32: 1,570 steps
+  assert config.train.steps == 1_570
+  assert config.sample.guide_step == 70  # 400 / 8,400 of the run, in whole dispatches of 10
+  assert from_config.guide_steps(config, 'cpu') == (70,)  # and the run saves it
+  tiny = sprites.get_config('cpu')
+  from_config.cap_steps(tiny, 4)
+  assert (tiny.train.steps, tiny.sample.guide_step) == (40, 10)  # at least one dispatch
+  assert from_config.guide_steps(tiny, 'cpu') == (10,)

@@ -213,6 +213,25 @@ def test_guidance_combines_conditional_and_null_outputs():
   np.testing.assert_allclose(np.asarray(guided(x_t, t, logsnr)[0]), 3 * 1.1 - 2 * 0.1, atol=1e-6)
 
 
+def test_autoguidance_steps_away_from_the_guide_and_combines_with_cfg():
+  """(1 + a) f - a f_guide, both called with the same inputs and context; CFG then mixes those
+  combined outputs for the context and the null context."""
+  def model_fn(x, t, logsnr, c):
+    return x * 0 + c.sum(axis=1)[:, None, None, None] + 0.1
+  def guide_fn(x, t, logsnr, c):
+    return x * 0 + 0.5 * c.sum(axis=1)[:, None, None, None]
+  ctx = jnp.array([[1.0, 0.0], [0.4, 0.6]])
+  x_t, t = jnp.zeros((2, 2, 2, 1)), jnp.full((2,), 0.5)
+  logsnr = schedules.cosine()(t)
+  for weight, guidance in ((0.0, 0.0), (0.5, 0.0), (0.5, 1.0)):
+    fn = denoiser.autoguided(model_fn, guide_fn, weight)
+    guided = denoiser.make_denoiser(model_fn=fn, context=ctx, prediction='x0', guidance=guidance,
+                                    threshold='none')
+    combined = lambda c: (1 + weight) * (c + 0.1) - weight * 0.5 * c  # c: the context's sum
+    expected = (1 + guidance) * combined(1.0) - guidance * combined(0.0)
+    np.testing.assert_allclose(np.asarray(guided(x_t, t, logsnr)[0]), expected, atol=1e-6)
+
+
 def test_guidance_applies_only_inside_its_logsnr_interval():
   """guidance_logsnr=(lo, hi): guided where lo <= logsnr <= hi, plain conditional elsewhere (then
   with one network call per sprite, not two); per sprite when the batch mixes noise levels."""

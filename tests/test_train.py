@@ -89,6 +89,29 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(kept.params))
 
 
+def test_autoguidance_keeps_its_guide_checkpoint_and_draws_from_it(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  guided = {'sample.autoguidance': 0.5, 'sample.guide_step': 1, 'train.steps': 3,
+            'train.ckpt_every': 3, 'sample.gif': False}
+  train.run(tiny_config(data_dir, **guided), workdir)
+  # Step 1 is saved although ckpt_every is 3, and kept although only the latest 2 would be.
+  assert checkpoints.manager(workdir, 2).all_steps() == [1, 3]
+  samples = lambda name: np.load(os.path.join(workdir, 'samples', name + '.npz'))['images']
+  plain = tiny_config(data_dir, **{**guided, 'sample.autoguidance': 0.0})
+  sample.run(plain, workdir)
+  assert not np.array_equal(samples('step000003_ddim4_ag0.5s1'), samples('step000003_ddim4'))
+  # A guide step the workdir lacks falls back to the one its training recorded (a capped run
+  # scales it down); with none recorded, the error lists what the workdir holds.
+  other = tiny_config(data_dir, **{**guided, 'sample.guide_step': 2})
+  assert sample.run(other, workdir).endswith('step000003_ddim4_ag0.5s2')
+  np.testing.assert_array_equal(samples('step000003_ddim4_ag0.5s2'), samples('step000003_ddim4_ag0.5s1'))
+  recorded = json.load(open(os.path.join(workdir, 'config.json')))
+  recorded['sample']['guide_step'] = 0
+  json.dump(recorded, open(os.path.join(workdir, 'config.json'), 'w'))
+  with pytest.raises(checkpoints.CheckpointError, match='no checkpoint of step 2 .*holds 1, 3'):
+    sample.run(other, workdir)
+
+
 def test_sampling_an_empty_workdir_says_train_first(tmp_path, data_dir):
   with pytest.raises(FileNotFoundError, match='train first'):
     sample.run(tiny_config(data_dir), str(tmp_path / 'empty'))

@@ -5,15 +5,17 @@ What --mode=sample, show, eval and the benchmark share. Sprite i's noise derives
 """
 import dataclasses
 import math
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from diffusion import denoiser, models, samplers
 from experiments.data import dataset
-from experiments.runtime import checkpoints, parallel, state as state_lib
+from experiments.runtime import checkpoints, files, parallel, state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +59,19 @@ def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
   is on; the guide is read from `workdir` (EMA weights if sample.use_ema, as the drawing ones)."""
   if not sample_cfg.autoguidance:
     return params
+  mngr = checkpoints.manager(workdir, 1, create=False)
+  step = sample_cfg.guide_step
+  recorded = files.read_json(os.path.join(workdir, 'config.json')).get('sample', {}).get('guide_step')
+  if step not in mngr.all_steps() and recorded in mngr.all_steps():
+    # A capped run scaled its guide step down (from_config.cap_steps) and recorded it.
+    logging.info('sample.guide_step=%d: no such checkpoint; using step %d, the guide this run '
+                 'kept (its config.json).', step, recorded)
+    step = recorded
   state = checkpoints.restore_step(
-      checkpoints.manager(workdir, 1, create=False), sample_cfg.guide_step,
+      mngr, step,
       state_lib.abstract_state(mesh=mesh, **state_kwargs),
       why=f'sample.autoguidance={sample_cfg.autoguidance:g} steers from the weights of step '
-          f'{sample_cfg.guide_step} (sample.guide_step)',
+          f'{step} (sample.guide_step)',
       fix='train with that sample.guide_step (training keeps its checkpoint), set sample.guide_step '
           'to a step listed there, or sample.autoguidance=0')
   return Guided(params, state.ema_params if sample_cfg.use_ema else state.params)

@@ -10,6 +10,16 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def read_json(path: str) -> dict:
+  """The JSON object at `path`, or {} when there is none or it cannot be read."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return value if isinstance(value, dict) else {}
+
+
 def write_json(path: str, value) -> None:
   """`value` as indented JSON at `path`, written to a temporary file and renamed into place, so a
   crash never leaves a half-written file. Call it from the writing process only."""
