@@ -189,10 +189,12 @@ def guide_steps(config, backend: str) -> tuple[int, ...]:
   if not step:
     return ()
   per_dispatch = steps_per_dispatch(train, backend)
+  suggested = max(per_dispatch, round(train.steps / 21 / per_dispatch) * per_dispatch)
   _check(step < train.steps and step % per_dispatch == 0,
          f'sample.guide_step={step} must be a step this run saves: below train.steps={train.steps} '
-         f'and a multiple of the {per_dispatch} step(s) per dispatch (set train.steps_per_dispatch '
-         'or pick another step).')
+         f'and a multiple of the {per_dispatch} step(s) per dispatch: set e.g. '
+         f'sample.guide_step={suggested} (1/21 of the run, as the cpu preset), or '
+         'sample.autoguidance=0 and sample.guide_step=0.')
   for key in ('sample_every', 'eval_every'):
     every = train[key]
     _check(not config.sample.autoguidance or not every or every >= step,
