@@ -72,8 +72,8 @@ def _cpu(c):
   # (logSNR -2..3, Kynkaanniemi et al. 2024). Against CFG 2 there alone (the preset before), on
   # the same models and noise: emoji grain 0.129 and 0.133 against 0.144 and 0.144 (two seeds),
   # flatter fills and cleaner white to the eye, FID ratio 1.34 and 1.24 against 1.31 and 1.24,
-  # classes as typical; DawnLike grain 0.161 against 0.164, FID 1.11 against 1.19 (README,
-  # Ablations). Guides from later checkpoints (800-3,000 steps) left more grain.
+  # classes as typical; DawnLike grain 0.161 and 0.155 against 0.164 and 0.161, FID 1.11 and
+  # 0.89 against 1.19 and 1.08 (README, Ablations). Guides from later checkpoints (800-3,000 steps) left more grain.
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
                   autoguidance=0.5, guide_step=400, per_class=12)
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
