@@ -78,6 +78,7 @@ def _prepare(config, workdir: str):
   state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, set_aside=True, **kwargs)
   if int(state.step):
     logging.info('Resuming from step %d in %s', int(state.step), mngr.directory)
+  _check_guide_kept(config, guide, int(state.step), mngr)
   if files.is_writer():
     files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     files.write_json(os.path.join(workdir, 'data.json'),
@@ -86,6 +87,18 @@ def _prepare(config, workdir: str):
                config.model.name, state_lib.num_params(state.params), len(data.images),
                data.num_classes, mesh.size)
   return data, mesh, kwargs, mngr, state
+
+
+def _check_guide_kept(config, guide: tuple[int, ...], step: int, mngr) -> None:
+  """A run resumed past its autoguidance guide step must hold that checkpoint (a workdir trained
+  before the guide was set would only fail when drawing, after the training)."""
+  if not config.sample.autoguidance or not guide or step < guide[0] or guide[0] in mngr.all_steps():
+    return
+  raise ValueError(
+      f'{mngr.directory} is at step {step}, past sample.guide_step={guide[0]}, but holds no '
+      f'checkpoint of that step to guide with (it holds {", ".join(map(str, mngr.all_steps()))}): '
+      'set sample.guide_step to one of those, or sample.autoguidance=0, or use another --workdir. '
+      'Nothing in the workdir was changed.')
 
 
 def _check_recorded_classes(workdir: str, class_names, trained: bool) -> None:

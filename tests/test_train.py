@@ -112,6 +112,19 @@ def test_autoguidance_keeps_its_guide_checkpoint_and_draws_from_it(tmp_path, dat
     sample.run(other, workdir)
 
 
+def test_resuming_past_a_guide_step_that_was_never_kept_is_refused_before_training(tmp_path,
+                                                                                 data_dir):
+  workdir = str(tmp_path / 'run')
+  quick = {'sample.gif': False, 'train.lr_schedule': 'constant'}
+  train.run(tiny_config(data_dir, **quick, **{'train.steps': 3}), workdir)  # keeps steps 2 and 3
+  guided = tiny_config(data_dir, **quick, **{'train.steps': 5, 'sample.autoguidance': 0.5,
+                                             'sample.guide_step': 1})
+  checkpoints_before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  with pytest.raises(ValueError, match='past sample.guide_step=1, but holds no checkpoint'):
+    train.run(guided, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == checkpoints_before
+
+
 def test_sampling_an_empty_workdir_says_train_first(tmp_path, data_dir):
   with pytest.raises(FileNotFoundError, match='train first'):
     sample.run(tiny_config(data_dir), str(tmp_path / 'empty'))
