@@ -55,10 +55,8 @@ def proportional_labels(labels: np.ndarray, num_classes: int, n: int) -> np.ndar
 def _draw(config, workdir, train, params, step):
   """(images, labels, name, step) sampled with the configured sampler, no GIF."""
   mesh = parallel.make_mesh()
-  state_kwargs = from_config.state_kwargs(config, train.num_classes)
-  if params is None:
-    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **state_kwargs)
-  params = drawing.with_guide(params, workdir, mesh, config.sample, **state_kwargs)
+  step, params = drawing.weights(workdir, mesh, config.sample, params=params, step=step,
+                                 **from_config.state_kwargs(config, train.num_classes))
   labels = proportional_labels(train.labels, train.num_classes, config.eval.num_samples)
   context = dataset.context(labels, train.num_classes)
   model = from_config.model(config.model, train.num_classes)

@@ -59,10 +59,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                  else dataset.recorded_class_names(config.data, workdir))
   mesh = parallel.make_mesh()
   sample_cfg = config.sample
-  state_kwargs = from_config.state_kwargs(config, len(class_names))
-  if params is None:
-    step, params = drawing.restore_params(workdir, mesh, sample_cfg.use_ema, **state_kwargs)
-  params = drawing.with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
+  step, params = drawing.weights(workdir, mesh, sample_cfg, params=params, step=step,
+                                 **from_config.state_kwargs(config, len(class_names)))
   context, labels, rows = drawing.contexts(class_names, sample_cfg.per_class, sample_cfg.mix)
   model = from_config.model(config.model, len(class_names))
   frames = sample_cfg.gif_frames if sample_cfg.gif else 0

@@ -134,9 +134,8 @@ def run(config, workdir: str) -> list[str]:
   for spec, default in ((config.show.class_a, 0), (config.show.class_b, 1)):
     class_index(spec, class_names, default)  # a typo fails before any sampling
   mesh = parallel.make_mesh()
-  state_kwargs = from_config.state_kwargs(config, len(class_names))
-  _, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **state_kwargs)
-  params = drawing.with_guide(params, workdir, mesh, config.sample, **state_kwargs)
+  _, params = drawing.weights(workdir, mesh, config.sample,
+                              **from_config.state_kwargs(config, len(class_names)))
   draw = _drawer(config, mesh, params, len(class_names))
   for name, make in (('classes', classes_picture), ('mix', mix_picture),
                      ('guidance', guidance_picture)):

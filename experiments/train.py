@@ -92,11 +92,12 @@ def _prepare(config, workdir: str):
 def _check_guide_kept(config, guide: tuple[int, ...], step: int, mngr) -> None:
   """A run resumed past its autoguidance guide step must hold that checkpoint (a workdir trained
   before the guide was set would only fail when drawing, after the training)."""
-  if not config.sample.autoguidance or not guide or step < guide[0] or guide[0] in mngr.all_steps():
+  kept = mngr.all_steps()
+  if not config.sample.autoguidance or not guide or step < guide[0] or guide[0] in kept:
     return
   raise ValueError(
       f'{mngr.directory} is at step {step}, past sample.guide_step={guide[0]}, but holds no '
-      f'checkpoint of that step to guide with (it holds {", ".join(map(str, mngr.all_steps()))}): '
+      f'checkpoint of that step to guide with (it holds {", ".join(map(str, kept))}): '
       'set sample.guide_step to one of those, or sample.autoguidance=0, or use another --workdir. '
       'Nothing in the workdir was changed.')
 

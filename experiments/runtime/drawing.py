@@ -60,9 +60,10 @@ def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
   if not sample_cfg.autoguidance:
     return params
   mngr = checkpoints.manager(workdir, 1, create=False)
-  step = sample_cfg.guide_step
-  recorded = files.read_json(os.path.join(workdir, 'config.json')).get('sample', {}).get('guide_step')
-  if step not in mngr.all_steps() and recorded in mngr.all_steps():
+  step, kept = sample_cfg.guide_step, mngr.all_steps()
+  recorded = files.read_json(os.path.join(workdir, 'config.json')).get('sample', {})
+  recorded = recorded.get('guide_step')
+  if step not in kept and recorded in kept:
     # A capped run scaled its guide step down (from_config.cap_steps) and recorded it.
     logging.info('sample.guide_step=%d: no such checkpoint; using step %d, the guide this run '
                  'kept (its config.json).', step, recorded)
@@ -75,6 +76,15 @@ def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
       fix='train with that sample.guide_step (training keeps its checkpoint), set sample.guide_step '
           'to a step listed there, or sample.autoguidance=0')
   return Guided(params, state.ema_params if sample_cfg.use_ema else state.params)
+
+
+def weights(workdir: str, mesh, sample_cfg, *, params=None, step: int | None = None,
+            **state_kwargs):
+  """(step, what make_sample_fn's function draws with): `params`, or the workdir's latest
+  checkpoint's, paired with the guide's weights when autoguidance is on (with_guide)."""
+  if params is None:
+    step, params = restore_params(workdir, mesh, sample_cfg.use_ema, **state_kwargs)
+  return step, with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
 
 
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
