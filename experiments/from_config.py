@@ -177,9 +177,14 @@ def cap_steps(config, train_size: int) -> None:
     guide = config.sample.guide_step
     if guide:
       unit = config.train.steps_per_dispatch or 10
-      config.sample.guide_step = max(unit, round(guide * steps / config.train.steps / unit) * unit)
+      config.sample.guide_step = _whole_dispatches(guide * steps / config.train.steps, unit)
       logging.info('sample.guide_step=%d scaled with it to %d.', guide, config.sample.guide_step)
     config.train.steps = steps
+
+
+def _whole_dispatches(step: float, per_dispatch: int) -> int:
+  """`step` rounded to whole dispatches, at least one: a step the training loop reaches."""
+  return max(per_dispatch, round(step / per_dispatch) * per_dispatch)
 
 
 def guide_steps(config, backend: str) -> tuple[int, ...]:
@@ -189,7 +194,7 @@ def guide_steps(config, backend: str) -> tuple[int, ...]:
   if not step:
     return ()
   per_dispatch = steps_per_dispatch(train, backend)
-  suggested = max(per_dispatch, round(train.steps / 21 / per_dispatch) * per_dispatch)
+  suggested = _whole_dispatches(train.steps / 21, per_dispatch)
   _check(step < train.steps and step % per_dispatch == 0,
          f'sample.guide_step={step} must be a step this run saves: below train.steps={train.steps} '
          f'and a multiple of the {per_dispatch} step(s) per dispatch: set e.g. '
