@@ -309,3 +309,25 @@ def test_an_edited_folder_is_a_new_dataset(tmp_path):
   before = tfds_builder.make_config(source='folder', manual_dir=str(tmp_path)).name
   _png(str(tmp_path / 'b.png'), seed=1)
   assert tfds_builder.make_config(source='folder', manual_dir=str(tmp_path)).name != before
+
+
+@pytest.mark.parametrize('source', ['course', 'dawnlike', 'folder'])
+def test_only_the_files_a_source_reads_name_its_dataset(tmp_path, source):
+  """A log, a workdir or a TFDS data_dir kept in the data folder must not rebuild the dataset."""
+  data = {'course': ['sprites_1788_16x16.npy', 'sprite_labels_nc_1788_16x16.npy'],
+          'dawnlike': ['Characters/Cat0.png', 'Items/Food.png', 'Objects/Wall.png'],
+          'folder': ['cats/a.png', 'dogs/b.png']}[source]
+  for i, name in enumerate(data):
+    _write(str(tmp_path / name), bytes([i]))
+  name = lambda: tfds_builder.make_config(source=source, manual_dir=str(tmp_path)).name
+  before = name()
+  _write(str(tmp_path / 'run.log'), b'step 100')
+  _write(str(tmp_path / 'tfds' / 'sprites' / 'dataset_info.json'), b'{}')
+  _write(str(tmp_path / 'runs' / 'checkpoints' / '400' / 'state'), b'x')
+  if source != 'folder':  # in a folder source any image is a sprite; in DawnLike, Objects/ is not read
+    _write(str(tmp_path / 'runs' / 'samples' / 'grid.png'), b'png')
+  if source == 'dawnlike':
+    _write(str(tmp_path / 'Objects' / 'Wall.png'), b'edited')
+  assert name() == before
+  _write(str(tmp_path / data[0]), b'edited')
+  assert name() != before

@@ -2,7 +2,7 @@
 
 Features are `tfds.features.Tensor` and files `array_record`, so neither building nor
 reading needs TensorFlow. A config's name carries the source, the size and a hash of the
-source path, its files (names, sizes, times) and the options, so two folders, or one folder
+source path, the files the source reads (names, sizes, times) and the options, so two folders, or one folder
 before and after an edit, never share a prepared dataset.
 
 TFDS writes into an `incomplete.*` folder and renames it only when every split is written,
@@ -49,21 +49,28 @@ def _class_names(cfg: SpritesConfig) -> list[str]:
   return list(SOURCES[cfg.source][0](cfg))
 
 
-def _fingerprint(path: str) -> str:
-  """Names, sizes and modification times of the files at `path` (a file or a folder tree)."""
-  if not path:
-    return ''
-  if os.path.isfile(path):
-    stat = os.stat(path)
-    return f'{stat.st_size}:{stat.st_mtime_ns}'
+def _source_files(source: str, manual_dir: str) -> list[str]:
+  """The files a source reads from manual_dir: only they enter the dataset's name, so a log, a
+  workdir or a TFDS data_dir kept in the same folder does not make every run build it again."""
+  if source == 'emoji' or not manual_dir:
+    return []
+  if source == 'course':
+    return [os.path.join(manual_dir, name) for name in (course.IMAGES, course.LABELS)]
+  if os.path.isfile(manual_dir):  # a sprite sheet given as one file
+    return [manual_dir]
+  if source == 'dawnlike':
+    return dawnlike.sheet_files(manual_dir)
+  return folder.images_under(manual_dir)
+
+
+def _fingerprint(paths: list[str]) -> str:
+  """Names, sizes and modification times of `paths` (a missing one as such: its source says so
+  when it is read)."""
   entries = []
-  for parent, dirs, files in os.walk(path):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(parent, name)
-      stat = os.stat(full)
-      entries.append(f'{os.path.relpath(full, path)}:{stat.st_size}:{stat.st_mtime_ns}')
-  return hashlib.sha256('\n'.join(entries).encode()).hexdigest()
+  for path in paths:
+    stat = os.stat(path) if os.path.isfile(path) else None
+    entries.append(f'{path}:{stat.st_size}:{stat.st_mtime_ns}' if stat else f'{path}:missing')
+  return hashlib.sha256('\n'.join(entries).encode()).hexdigest() if entries else ''
 
 
 def _check_manual_dir(source: str, manual_dir: str, tile_size: int) -> None:
@@ -89,7 +96,8 @@ def make_config(*, source: str, manual_dir: str = '', image_size: int = 16, tile
                      f'and data.test_fraction={test_fraction} in [0, 1).')
   manual_dir = os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else ''
   _check_manual_dir(source, manual_dir, tile_size)
-  options = f'{manual_dir}|{_fingerprint(manual_dir)}|{tile_size}|{test_fraction}'
+  files = _fingerprint(_source_files(source, manual_dir))
+  options = f'{manual_dir}|{files}|{tile_size}|{test_fraction}'
   digest = hashlib.sha256(options.encode()).hexdigest()[:8]
   return SpritesConfig(name=f'{source}_{image_size}_{digest}', source=source,
                        manual_dir=manual_dir, image_size=image_size, tile_size=tile_size,

@@ -59,6 +59,13 @@ def check_folder(folder: str) -> None:
         '--config.data.manual_dir=FOLDER.')
 
 
+def sheet_files(folder: str) -> list[str]:
+  """The PNG files `sheets` looks at (the sheet folders that exist), without checking anything."""
+  return [os.path.join(folder, sub, name) for sub in _CLASS_OF_SHEET
+          if os.path.isdir(os.path.join(folder, sub))
+          for name in sorted(os.listdir(os.path.join(folder, sub))) if name.lower().endswith('.png')]
+
+
 def sheets(folder: str) -> list[tuple[str, str, int]]:
   """(path, sheet name without frame digit, class) for every known sheet, sorted; unknown and
   missing sheets are warned about by name."""

@@ -29,7 +29,8 @@ class Skip(Exception):
   """A file that cannot be used; the message says why and how to fix it."""
 
 
-def _images_under(folder: str) -> list[str]:
+def images_under(folder: str) -> list[str]:
+  """Every image file under `folder`, sorted, hidden files and folders left out."""
   found = []
   for parent, dirs, files in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
@@ -57,7 +58,7 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
                      'folders for an unconditional dataset.')
   files = []
   for label, name in enumerate(classes):
-    found = _images_under(os.path.join(root, name))
+    found = images_under(os.path.join(root, name))
     if not found:
       raise ValueError(f'Folder data: class folder {os.path.join(root, name)} has no images '
                        f'({", ".join(EXTENSIONS)}). Add sprites to it or remove it.')
