@@ -61,10 +61,12 @@ def _run_mode(mode: str, config, workdir: str) -> None:
   """Run `mode`; an expected error (bad input, a busy workdir, divergence) is printed as its
   message alone, exit code 1: it says what to change, and a traceback would bury it."""
   from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
+  from experiments.data import dataset  # pylint: disable=import-outside-toplevel
   from experiments.runtime import checkpoints, workdir_lock  # pylint: disable=import-outside-toplevel
   expected = (ValueError, OSError, FloatingPointError, checkpoints.CheckpointError,
               workdir_lock.WorkdirBusy)
   try:
+    dataset.check_outputs_outside(config.data, workdir)
     {'train': train.run, 'sample': sample.run, 'show': show.run, 'eval': evaluate.run}[mode](
         config, workdir)
   except expected as e:

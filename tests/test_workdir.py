@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import tiny_config
 from experiments import from_config, train
+from experiments.data import dataset
 from experiments.data.sources import emoji
 from experiments.runtime import checkpoints, logs, state as state_lib, workdir_lock
 
@@ -154,3 +157,24 @@ def test_an_attribute_error_inside_a_config_file_is_not_called_a_missing_key(tmp
   assert done.returncode != 0
   assert 'has no key' not in done.stderr
   assert "'NoneType' object has no attribute 'steps'" in done.stderr
+
+
+def test_a_workdir_inside_a_sprite_folder_is_refused_before_anything_is_written(tmp_path):
+  """The folder source reads every image under its folder: a run's samples there would become
+  sprites of a class 'run' on the next load."""
+  image = np.full((16, 16, 3), 255, np.uint8)
+  for name in ('cats/a.png', 'dogs/b.png'):
+    os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+    Image.fromarray(image).save(tmp_path / name)
+  done = _launch('--config=configs/sprites.py:smoke', f'--workdir={tmp_path / "run"}',
+                 '--config.data.source=folder', f'--config.data.manual_dir={tmp_path}',
+                 f'--config.data.data_dir={tmp_path.parent / "tfds"}')
+  assert done.returncode == 1 and 'Traceback' not in done.stderr
+  assert f'--workdir={tmp_path / "run"} is inside data.manual_dir={tmp_path}' in done.stderr
+  assert sorted(os.listdir(tmp_path)) == ['cats', 'dogs']
+  cfg = ml_collections.ConfigDict({'source': 'folder', 'manual_dir': str(tmp_path),
+                                   'data_dir': str(tmp_path / 'tfds')})
+  with pytest.raises(ValueError, match='data.data_dir=.* is inside data.manual_dir'):
+    dataset.check_outputs_outside(cfg, str(tmp_path.parent / 'elsewhere'))
+  dataset.check_outputs_outside(ml_collections.ConfigDict(  # a sheet file, or another source
+      {'source': 'course', 'manual_dir': str(tmp_path), 'data_dir': str(tmp_path)}), str(tmp_path))

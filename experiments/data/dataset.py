@@ -23,6 +23,22 @@ class SpriteData:
     return len(self.class_names)
 
 
+def check_outputs_outside(data_cfg, workdir: str) -> None:
+  """A folder source reads every image under data.manual_dir, so a workdir or data_dir inside it
+  would feed the run's own pictures (samples, previews) back in as sprites of a new class and
+  rebuild the dataset on the next load. Refuse that before anything is written."""
+  folder = os.path.abspath(os.path.expanduser(data_cfg.manual_dir or ''))
+  if data_cfg.source != 'folder' or not os.path.isdir(folder):
+    return
+  for what, path in (('--workdir', workdir), ('data.data_dir', data_cfg.data_dir)):
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.commonpath([folder, path]) == folder:
+      raise ValueError(
+          f'{what}={path} is inside data.manual_dir={folder}: the folder source reads every image '
+          f'under it, so this run\'s own pictures would become sprites. Put {what} outside '
+          'the sprite folder.')
+
+
 def builder(data_cfg) -> tfds_builder.Sprites:
   config = tfds_builder.make_config(
       source=data_cfg.source, manual_dir=data_cfg.manual_dir, image_size=data_cfg.image_size,
