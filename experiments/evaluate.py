@@ -148,6 +148,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   eval_cfg = config.eval
   check_config(eval_cfg)
   train, heldout = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
+  if not eval_cfg.samples:  # drawn by this workdir's model: judge it against its own held-out sprites
+    dataset.check_trained_on(workdir, train, 'the held-out sprites may include ones it learnt')
   ref = heldout if eval_cfg.reference == 'test' else train
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)

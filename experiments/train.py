@@ -70,6 +70,8 @@ def _prepare(config, workdir: str):
                              keep_steps=guide)
   latest = mngr.latest_step()
   _check_recorded_classes(workdir, data.class_names, latest is not None)
+  if latest is not None:
+    dataset.check_trained_on(workdir, data, 'resuming would train on other sprites')
   if latest is not None and latest > config.train.steps:
     raise ValueError(
         f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
@@ -81,8 +83,7 @@ def _prepare(config, workdir: str):
   _check_guide_kept(config, guide, int(state.step), mngr)
   if files.is_writer():
     files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    files.write_json(os.path.join(workdir, 'data.json'),
-                     {'class_names': list(data.class_names), 'train_size': len(data.images)})
+    files.write_json(os.path.join(workdir, 'data.json'), dataset.record(data))
   logging.info('%s: %d parameters, %d training sprites, %d classes, %d devices',
                config.model.name, state_lib.num_params(state.params), len(data.images),
                data.num_classes, mesh.size)

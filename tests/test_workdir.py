@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from experiments import from_config, train
+from experiments import evaluate, from_config, train
 from experiments.data import dataset
 from experiments.data.sources import emoji
 from experiments.runtime import checkpoints, logs, state as state_lib, workdir_lock
@@ -178,3 +178,28 @@ def test_a_workdir_inside_a_sprite_folder_is_refused_before_anything_is_written(
     dataset.check_outputs_outside(cfg, str(tmp_path.parent / 'elsewhere'))
   dataset.check_outputs_outside(ml_collections.ConfigDict(  # a sheet file, or another source
       {'source': 'course', 'manual_dir': str(tmp_path), 'data_dir': str(tmp_path)}), str(tmp_path))
+
+
+def test_another_training_split_is_refused_for_resuming_and_evaluating(tmp_path, data_dir):
+  """data.json records the training split's fingerprint: an edited folder or another test_fraction
+  must not resume on other sprites, nor judge the model against sprites it may have learnt."""
+  config = tiny_config(data_dir)
+  train_set = dataset.load(config.data, 'train')
+  workdir = _trained_workdir(tmp_path)
+  recorded = dataset.record(train_set)
+  assert recorded['train_digest'] == dataset.digest(dataset.SpriteData(  # any order, same digest
+      train_set.images[::-1], train_set.labels[::-1], train_set.groups, train_set.class_names))
+  fewer = dataset.SpriteData(train_set.images[1:], train_set.labels[1:], train_set.groups[1:],
+                             train_set.class_names)
+  with open(os.path.join(workdir, 'data.json'), 'w') as f:
+    json.dump(dataset.record(fewer), f)
+  before = _records(workdir)
+  with pytest.raises(ValueError, match=f'trained on another training split \\({len(fewer.images)} '
+                     'sprites.*resuming would train on other sprites'):
+    train.run(config, workdir)
+  with pytest.raises(ValueError, match='another training split.*held-out sprites may include'):
+    evaluate.run(config, workdir)
+  assert _records(workdir) == before and not os.path.exists(os.path.join(workdir, 'eval'))
+  with open(os.path.join(workdir, 'data.json'), 'w') as f:
+    json.dump(recorded, f)
+  dataset.check_trained_on(workdir, train_set, 'unused')  # the same split passes

@@ -1,5 +1,6 @@
 """Loading sprites: build the TFDS dataset once, then hold a whole split in memory."""
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -137,6 +138,41 @@ def context(labels: np.ndarray, num_classes: int) -> np.ndarray:
   valid = labels >= 0
   out[np.flatnonzero(valid), labels[valid]] = 1.0
   return out
+
+
+def digest(data: SpriteData) -> str:
+  """A fingerprint of a split's sprites and labels, in any order: what a workdir was trained on,
+  wherever the data folder lives and whenever it was built."""
+  n = len(data.images)
+  rows = np.concatenate([data.images.reshape(n, -1).view(np.uint8),
+                         data.labels.astype('<i4').reshape(n, 1).view(np.uint8)], axis=1)
+  rows = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+  return hashlib.sha256(np.sort(rows).tobytes()).hexdigest()[:16]
+
+
+def record(data: SpriteData) -> dict:
+  """What <workdir>/data.json records of the training split."""
+  return {'class_names': list(data.class_names), 'train_size': len(data.images),
+          'train_digest': digest(data)}
+
+
+def check_trained_on(workdir: str, train: SpriteData, purpose: str) -> None:
+  """Raise ValueError if <workdir>/data.json records another training split than `train`: an
+  edited folder, or other data.* settings (a new test_fraction moves sprites between the splits),
+  would let held-out sprites be ones the model learnt, or resume on other sprites. Workdirs
+  trained before the record are not checked."""
+  path = os.path.join(workdir, 'data.json')
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    recorded = json.load(f)
+  if recorded.get('train_digest') in (None, digest(train)):
+    return
+  raise ValueError(
+      f'{workdir} was trained on another training split ({recorded.get("train_size")} sprites, '
+      f'recorded in {path}) than these data.* settings give ({len(train.images)} sprites): the '
+      f'data folder or data.* changed, so {purpose}. Use the data and data.* settings that trained '
+      'it, or another --workdir. Nothing in the workdir was changed.')
 
 
 def recorded_class_names(data_cfg, workdir: str) -> tuple[str, ...]:

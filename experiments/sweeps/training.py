@@ -30,8 +30,7 @@ def _prepare(configs, workdirs):
   if files.is_writer():
     for config, workdir in zip(configs, workdirs):
       files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-      files.write_json(os.path.join(workdir, 'data.json'),
-                       {'class_names': list(data.class_names), 'train_size': len(data.images)})
+      files.write_json(os.path.join(workdir, 'data.json'), dataset.record(data))
   return data
 
 
