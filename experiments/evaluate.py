@@ -111,7 +111,9 @@ def _sprites(config, workdir, train, params, step):
   path = config.eval.samples
   if path:
     images, labels = read_samples(os.path.expanduser(path), train.images, train.num_classes)
-    return images, labels, os.path.splitext(os.path.basename(path))[0], step, os.path.abspath(path)
+    # '_file': evaluating a drawn set's own .npz must not overwrite the evaluation that drew it
+    name = os.path.splitext(os.path.basename(path))[0] + '_file'
+    return images, labels, name, step, os.path.abspath(path)
   if params is None and checkpoints.manager(workdir, 1, create=False).latest_step() is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints to draw samples from: train '
                             'first, point --workdir at a trained run, or pass '

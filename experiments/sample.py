@@ -21,11 +21,19 @@ from experiments.runtime import drawing, files, hosts, parallel
 
 
 def output_name(config, step: int) -> str:
+  """drawing.output_name, plus the settings that change the draws when they leave their defaults
+  (ddim's eta, the x0 clipping, the sampling seed): two draws of one model never share a file."""
   sample_cfg = config.sample
-  return drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
+  name = drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
                              sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
                              sample_cfg.autoguidance, sample_cfg.guide_step)
+  if sample_cfg.sampler == 'ddim' and sample_cfg.eta:
+    name += f'_eta{sample_cfg.eta:g}'
+  if sample_cfg.clip_x0 != 'clip':
+    dynamic = sample_cfg.clip_x0 == 'dynamic' and sample_cfg.dynamic_percentile != 0.995
+    name += f'_c{sample_cfg.clip_x0}' + (f'{sample_cfg.dynamic_percentile:g}' if dynamic else '')
+  return name + (f'_seed{sample_cfg.seed}' if sample_cfg.seed else '')
 
 
 def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.ndarray:

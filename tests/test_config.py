@@ -8,7 +8,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import sprites
-from experiments import from_config
+from experiments import from_config, sample
 from experiments.runtime import drawing
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'sprites.py')
@@ -157,6 +157,24 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_grid='-8,8') == 'step000007_ddim9u-8to8'
   assert (drawing.output_name(7, 'dpmpp_2m', 25, 1.0, 32, '-2,3', autoguidance=0.5, guide_step=400)
           == 'step000007_dpmpp_2m25_g1i-2to3_ag0.5s400_p32')
+
+
+def test_every_setting_that_changes_the_draws_changes_the_file_name():
+  """Two draws of one model never share a file (a sweep reads its numbers back by this name)."""
+  config = sprites.get_config('cpu')
+  preset = sample.output_name(config, 8400)
+  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400'  # the README's, unchanged
+  names = {preset}
+  for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1)]:
+    changed = config.copy_and_resolve_references()
+    changed.sample[key] = value
+    if key == 'eta':
+      changed.sample.sampler = 'ddim'
+      names.add(sample.output_name(changed, 8400).replace('_eta0.5', ''))  # ddim at eta 0
+    names.add(sample.output_name(changed, 8400))
+  changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
+  names.add(sample.output_name(changed, 8400))
+  assert len(names) == 7, names
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():

@@ -64,7 +64,7 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
   assert heldout['exact_copy_rate'] == 0.0 and heldout['near_copy_rate'] < 0.05
   assert report['memorization']['pixel_closer_than_heldout_p5'] == 1.0
   assert 'drawing its training sprites back' in ' '.join(quality_report.verdict(report))
-  assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_nearest.png'))
+  assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_file_nearest.png'))
 
 
 @pytest.mark.parametrize('pixel, feature, words', [

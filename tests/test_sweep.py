@@ -181,3 +181,15 @@ def test_a_sweep_caps_each_run_at_max_epochs_and_skips_one_finished_there(data_d
   monkeypatch.setattr(sweep, 'latest_step', lambda workdir: 2)
   sweep.train_piece([run])
   assert trained == [[2]], 'a run that stopped at its cap is finished, not trained again'
+
+
+def test_points_that_would_share_an_evaluation_file_are_refused(data_dir):
+  """eval.* is not in the evaluation's name: two points differing only there would read one file."""
+  config = tiny_config(data_dir)
+  clash = plan.Sweep(points=[{'eval.num_samples': 32}, {'eval.num_samples': 64}], seeds=1, baseline=0)
+  with pytest.raises(ValueError, match='would write one evaluation file'):
+    plan.expand(config, clash, '/tmp/unused')
+  same = plan.Sweep(points=[{'sample.seed': 0}, {}], seeds=1, baseline=0)  # one evaluation, read twice
+  assert len(plan.expand(config, same, '/tmp/unused')) == 2
+  apart = plan.Sweep(points=[{'sample.seed': 1}, {}], seeds=1, baseline=0)
+  assert len({table.eval_path(r) for r in plan.expand(config, apart, '/tmp/unused')}) == 2

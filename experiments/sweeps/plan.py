@@ -16,7 +16,7 @@ import importlib.util
 import os
 from typing import Any
 
-from experiments import from_config
+from experiments import from_config, sample
 
 SAMPLING_SECTIONS = ('sample', 'eval')
 
@@ -85,7 +85,25 @@ def expand(config, sweep: Sweep, folder: str) -> list[Run]:
       seeded = {**overrides, 'seed': config.seed + i}
       out.append(Run(p, config.seed + i, overrides, apply(config, seeded),
                      os.path.join(folder, train_slug(seeded))))
+  _check_distinct_evaluations(out)
   return out
+
+
+def _check_distinct_evaluations(runs: list[Run]) -> None:
+  """Points sharing a workdir are told apart by their evaluation's file name (sample.output_name):
+  two whose sample.* / eval.* differ only in what it does not carry (eval.*) would read one file,
+  so the table would show one point's numbers for both. Refuse them before anything runs."""
+  seen: dict = {}
+  for run in runs:
+    other = seen.setdefault((run.workdir, sample.output_name(run.config, 0)), run)
+    drawn_alike = all(other.config[k].to_dict() == run.config[k].to_dict()
+                      for k in SAMPLING_SECTIONS)
+    if not drawn_alike:  # the same settings twice is one evaluation, read twice: fine
+      raise ValueError(
+          f'Sweep points {point_name(other.overrides)!r} and {point_name(run.overrides)!r} would '
+          f'write one evaluation file in {run.workdir}: they differ only in settings its name does '
+          'not carry (eval.*). Put them in separate sweeps (each its own folder), or vary a '
+          'setting the name carries.')
 
 
 def chunks(runs: list[Run], models_per_step: int = 0) -> list[list[Run]]:
