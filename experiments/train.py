@@ -150,10 +150,10 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
         checkpoints.save(mngr, step, state)
     if stopping:
       break
+    params = state.ema_params if config.sample.use_ema else state.params  # as at the end
     if _crossed(before, step, train_cfg.sample_every) and not done:
-      sample.run(config, workdir, params=state.ema_params, step=step,
-                 class_names=data.class_names)
+      sample.run(config, workdir, params=params, step=step, class_names=data.class_names)
     if _crossed(before, step, train_cfg.eval_every) and not done:
-      evaluate.run(config, workdir, params=state.ema_params, step=step)
+      evaluate.run(config, workdir, params=params, step=step)
   writer.close()
   return state

@@ -200,3 +200,26 @@ def test_importance_drawn_levels_train_finite_and_differently_from_uniform(data_
     state, metrics = step(state, *data, state_lib.train_key(0))
     losses_seen.append(float(metrics['loss']))
   assert all(np.isfinite(losses_seen)) and losses_seen[0] != losses_seen[1]
+
+
+@pytest.mark.parametrize('use_ema', [True, False])
+def test_drawing_during_training_uses_the_weights_sample_use_ema_names(tmp_path, data_dir,
+                                                                       monkeypatch, use_ema):
+  """train.sample_every draws with the EMA or the raw weights as sample.use_ema says (its files
+  are named _raw for the latter), like the drawing at the end."""
+  drawn = {}
+  monkeypatch.setattr(sample, 'run', lambda config, workdir, *, params, step, class_names:
+                      drawn.setdefault(step, jax.device_get(params)))  # before donation
+  config = tiny_config(data_dir, **{'train.steps': 3, 'train.sample_every': 2,
+                                    'train.ema_halflife_kimg': 0.01, 'sample.use_ema': use_ema})
+  state = train.run(config, str(tmp_path / 'run'))
+  restored = checkpoints.restore_step(
+      checkpoints.manager(str(tmp_path / 'run'), 5), 2,
+      state_lib.abstract_state(mesh=parallel.make_mesh(), **from_config.state_kwargs(config, 8)),
+      why='the test', fix='none')
+  assert sorted(drawn) == [2, 3]
+  for step, expected in ((2, restored), (3, state)):
+    want = expected.ema_params if use_ema else expected.params
+    other = expected.params if use_ema else expected.ema_params
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, drawn[step], want)))
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, drawn[step], other)))

@@ -249,8 +249,12 @@ def load_or_train(folder: str, train: dataset.SpriteData, test: dataset.SpriteDa
 
 
 def _write_atomically(folder: str, params: bytes, info: dict) -> None:
-  """info.json last, renamed into place: a half-written cache is never read as complete."""
+  """Each file renamed into place, info.json last: a half-written cache is never read as
+  complete, and another process reading the cache while this one rewrites it (sweep shards
+  sharing a data_dir) sees the old weights or the new, never half of them."""
   os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, 'params.msgpack'), 'wb') as f:
+  path = os.path.join(folder, 'params.msgpack')
+  with open(f'{path}.tmp-{os.getpid()}', 'wb') as f:
     f.write(params)
+  os.replace(f'{path}.tmp-{os.getpid()}', path)
   files.write_json(os.path.join(folder, 'info.json'), info)

@@ -24,7 +24,7 @@ def write_json(path: str, value) -> None:
   """`value` as indented JSON at `path`, written to a temporary file and renamed into place, so a
   crash never leaves a half-written file. Call it from the writing process only."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp'
+  tmp = f'{path}.tmp-{os.getpid()}'  # unique: two processes may write one file at once
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(value, f, indent=2)
   os.replace(tmp, path)
