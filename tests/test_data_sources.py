@@ -16,7 +16,7 @@ from configs import base
 from experiments import train
 from experiments.data import dataset, tfds_builder
 from experiments.data.sources import catalog, dawnlike
-from experiments.data.sources.images import Sprite, composite_on_white as _on_white
+from experiments.data.sources.images import Sprite, composite_on_white as _on_white, fit, is_enlarged
 
 DAWNLIKE = os.path.join(SHARED_DATA, 'dawnlike-1.81')
 REFERENCE = os.path.join(SHARED_DATA, 'dawnlike16')
@@ -185,13 +185,15 @@ def test_dawnlike_wrong_folder_is_named(tmp_path, data_dir):
 # Any folder of images, and a single sheet.
 
 def _sprite_folder(root: str, seed: int = 0) -> None:
-  """Two classes: 16x16 RGBA PNGs, 32x32 (shrinks by nearest), 24x24 (area), 8x8 (grows), a
+  """Two classes: 16x16 RGBA PNGs, 16x16 enlarged to 32x32 (shrinks by nearest), 32x32 drawn at
+  that size and 24x24 (area), 8x8 (grows), a
   two-frame GIF and a BMP without alpha, a lossless WebP; an exact duplicate and a corrupt file."""
   rng = np.random.default_rng(seed)
   for name in ('hero', 'potion'):
     for i in range(6):
       _save(os.path.join(root, name, f'{i}.png'), _rgba_sprite(rng))
-    _save(os.path.join(root, name, 'big.png'), _rgba_sprite(rng, 32))
+    _save(os.path.join(root, name, 'big.png'), np.repeat(np.repeat(_rgba_sprite(rng), 2, 0), 2, 1))
+    _save(os.path.join(root, name, 'native32.png'), _rgba_sprite(rng, 32))  # drawn at 32
     _save(os.path.join(root, name, 'odd.png'), _rgba_sprite(rng, 24))
     _save(os.path.join(root, name, 'tiny.bmp'), _rgba_sprite(rng, 8), 'RGB')
     _save(os.path.join(root, name, 'anim', 'walk.webp'), _rgba_sprite(rng), lossless=True)
@@ -211,16 +213,29 @@ def test_folder_builds_warns_and_is_leak_free(tmp_path, data_dir, caplog):
   with caplog.at_level(logging.INFO):
     train_set, test_set = _everything(_cfg(data_dir, source='folder', manual_dir=root))
   assert train_set.class_names == ('hero', 'potion')
-  # 12 sprites per class (the GIF gives two); hero's copy.png is a duplicate, broken.png unreadable.
-  assert len(train_set.images) + len(test_set.images) == 2 * 12 and len(test_set.images)
+  # 13 sprites per class (the GIF gives two); hero's copy.png is a duplicate, broken.png unreadable.
+  assert len(train_set.images) + len(test_set.images) == 2 * 13 and len(test_set.images)
   counts = collections.Counter(np.concatenate([train_set.labels, test_set.labels]).tolist())
-  assert counts == {0: 12, 1: 12}
+  assert counts == {0: 13, 1: 13}
   assert dataset.builder(_cfg(data_dir, source='folder', manual_dir=root)).info.metadata[
       'duplicates_removed'] == 1
   _assert_leak_free(train_set, test_set)
-  assert 'broken.png' in caplog.text and 'skipped 1 of 24 files' in caplog.text
+  assert 'broken.png' in caplog.text and 'skipped 1 of 26 files' in caplog.text
   assert 'area-resized' in caplog.text and 'odd.png' in caplog.text
   assert '2 upscale from 8x8' in caplog.text and '2 nearest from 32x32' in caplog.text
+  assert '2 area from 32x32' in caplog.text and 'not 16x16 sprites enlarged' in caplog.text
+  assert 'native32.png' in caplog.text
+
+
+def test_a_sprite_drawn_at_32_keeps_its_outline_at_16():
+  """Shrinking by one pixel in four is only lossless for an enlarged sprite; a sprite drawn at 32
+  with a one-pixel outline would lose two of its four sides."""
+  rgb = np.full((32, 32, 3), 255, np.uint8)
+  rgb[4:28, 4] = rgb[4:28, 27] = rgb[4, 4:28] = rgb[27, 4:28] = 0  # a 1 px square outline
+  assert not is_enlarged(rgb, 16)
+  assert is_enlarged(np.repeat(np.repeat(rgb[::2, ::2], 2, 0), 2, 1), 16)
+  shrunk = fit(rgb, 16, 'area')
+  assert shrunk[2:14, 2].max() < 255 and shrunk[2, 2:14].max() < 255  # left and top still there
 
 
 def test_folder_at_32_trains_and_samples(tmp_path, data_dir, caplog):

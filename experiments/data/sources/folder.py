@@ -18,8 +18,8 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageSequence
 
-from experiments.data.sources.images import (Sprite, composite_on_white, fit, fit_method, tiles, to_rgba,
-                                        visible_pixels)
+from experiments.data.sources.images import (Sprite, composite_on_white, fit, fit_method,
+                                             is_enlarged, tiles, to_rgba, visible_pixels)
 
 EXTENSIONS = ('.png', '.gif', '.bmp', '.webp')
 MIN_VISIBLE_FRACTION = 12 / 256  # sheet tiles with fewer non-white pixels are blank (or a stray speck)
@@ -108,6 +108,8 @@ def _file_sprites(path: str, label: int, rel: str, size: int, tile_size: int, me
       except ValueError as e:
         raise Skip(f'{e}: crop or resize it, slice it with --config.data.tile_size, or change '
                    '--config.data.image_size') from e
+      if method == 'nearest' and not is_enlarged(rgb, size):
+        method = 'area'  # drawn at its own size: one pixel in four would drop outlines
       chosen.append((f'{rgb.shape[1]}x{rgb.shape[0]}', method))
       out.append(Sprite(image=fit(rgb, size, method), label=label, group=rel + group,
                         origin=rel + origin + frame))
@@ -123,9 +125,12 @@ def _log_methods(methods: dict, size: int) -> None:
   logging.info('Folder data at %dx%d: %s.', size, size, ', '.join(parts))
   for (shape, method), files in sorted(methods.items()):
     if method == 'area':
-      logging.warning('Folder data: %d sprites are %s, not a whole multiple of %d, so they are '
-                      'area-resized and their pixel edges soften (e.g. %s).', len(files), shape,
-                      size, ', '.join(sorted(set(files))[:3]))
+      side = int(shape.split('x')[0])
+      why = (f'drawn at that size, not {size}x{size} sprites enlarged' if side % size == 0
+             else f'not a whole multiple of {size}')
+      logging.warning('Folder data: %d sprites are %s, %s, so they are area-resized and their '
+                      'pixel edges soften (e.g. %s).', len(files), shape, why,
+                      ', '.join(sorted(set(files))[:3]))
 
 
 def sprites(root: str, image_size: int, tile_size: int = 0) -> list[Sprite]:

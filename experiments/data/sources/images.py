@@ -101,6 +101,14 @@ def fit_method(height: int, width: int, size: int) -> str:
   return 'upscale' if height < size else resize_method(height, width, size)
 
 
+def is_enlarged(image: np.ndarray, size: int) -> bool:
+  """Whether a square image is a size x size sprite enlarged by a whole factor (every factor x
+  factor block one color): only then does keeping one pixel per block lose nothing."""
+  factor = image.shape[0] // size
+  blocks = image.reshape(size, factor, size, factor, -1)
+  return bool(np.all(blocks == blocks[:, :1, :, :1]))
+
+
 def fit(image: np.ndarray, size: int, method: str) -> np.ndarray:
   """Square uint8 image -> [size, size, C] with a method from `fit_method`."""
   if method == 'upscale':
