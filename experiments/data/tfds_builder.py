@@ -121,8 +121,10 @@ def preview(splits: dict, class_names: list[str], per_class: int = 16) -> np.nda
 
 class Sprites(tfds.core.GeneratorBasedBuilder):
   """Sprites, RGB on white, with a class label, a group id (split by group) and their origin."""
-  VERSION = tfds.core.Version('1.2.0')
-  RELEASE_NOTES = {'1.2.0': 'Near-identical variants are also found across a horizontal flip.',
+  VERSION = tfds.core.Version('1.3.0')
+  RELEASE_NOTES = {'1.3.0': 'Folder sprites drawn larger than image_size are area-resized, not '
+                            'decimated (only enlarged ones shrink by nearest neighbour).',
+                   '1.2.0': 'Near-identical variants are also found across a horizontal flip.',
                    '1.1.0': 'DawnLike and folder sources; variants grouped; origin kept; preview.',
                    '1.0.0': 'Emoji and course sources.'}
 
