@@ -346,3 +346,14 @@ def test_only_the_files_a_source_reads_name_its_dataset(tmp_path, source):
   assert name() == before
   _write(str(tmp_path / data[0]), b'edited')
   assert name() != before
+
+
+def test_an_edit_behind_a_linked_class_folder_is_a_new_dataset(tmp_path):
+  """The name hashes exactly what the folder source reads, class folders reached by a link too."""
+  _png(str(tmp_path / 'real' / 'cats' / 'a.png'))
+  _png(str(tmp_path / 'sprites' / 'dogs' / 'b.png'), seed=1)
+  os.symlink(tmp_path / 'real' / 'cats', tmp_path / 'sprites' / 'cats')
+  name = lambda: tfds_builder.make_config(source='folder', manual_dir=str(tmp_path / 'sprites')).name
+  before = name()
+  _png(str(tmp_path / 'real' / 'cats' / 'c.png'), seed=2)
+  assert name() != before

@@ -56,11 +56,12 @@ def _source_files(source: str, manual_dir: str) -> list[str]:
     return []
   if source == 'course':
     return [os.path.join(manual_dir, name) for name in (course.IMAGES, course.LABELS)]
-  if os.path.isfile(manual_dir):  # a sprite sheet given as one file
-    return [manual_dir]
   if source == 'dawnlike':
     return dawnlike.sheet_files(manual_dir)
-  return folder.images_under(manual_dir)
+  try:
+    return [path for path, _ in folder.scan(manual_dir)[1]]  # what the build reads, links followed
+  except ValueError:  # a layout the build refuses, with this message, when it reads the folder
+    return folder.images_under(manual_dir)
 
 
 def _fingerprint(paths: list[str]) -> str:
