@@ -64,7 +64,8 @@ def _draw(config, workdir, train, params, step):
   images, _ = drawing.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
                                mesh, frames=0)
   images = sample.snap_to_palette(images, train.images, config.sample.palette)
-  return images, labels, sample.output_name(config, step or 0), step
+  name = sample.output_name(config, step or 0, drawing.guide_step(workdir, config.sample))
+  return images, labels, name, step
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:

@@ -20,14 +20,16 @@ from experiments.pictures import canvas, denoising, sprite_sheet
 from experiments.runtime import drawing, files, hosts, parallel
 
 
-def output_name(config, step: int) -> str:
+def output_name(config, step: int, guide_step: int | None = None) -> str:
   """drawing.output_name, plus the settings that change the draws when they leave their defaults
-  (ddim's eta, the x0 clipping, the sampling seed): two draws of one model never share a file."""
+  (ddim's eta, the x0 clipping, the sampling seed): two draws of one model never share a file.
+  guide_step: the guide that drew them (drawing.guide_step), if not sample.guide_step."""
   sample_cfg = config.sample
+  guide = sample_cfg.guide_step if guide_step is None else guide_step
   name = drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
                              sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
-                             sample_cfg.autoguidance, sample_cfg.guide_step)
+                             sample_cfg.autoguidance, guide)
   if sample_cfg.sampler == 'ddim' and sample_cfg.eta:
     name += f'_eta{sample_cfg.eta:g}'
   if sample_cfg.clip_x0 != 'clip':
@@ -77,7 +79,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                                    mesh, frames)
   if sample_cfg.palette:
     images = snap_to_palette(images, dataset.load(config.data, 'train').images, sample_cfg.palette)
-  stem = os.path.join(workdir, 'samples', output_name(config, step or 0))
+  stem = os.path.join(workdir, 'samples', output_name(
+      config, step or 0, drawing.guide_step(workdir, sample_cfg)))
   if files.is_writer():
     write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
                   sample_cfg.sampler, sample_cfg.steps)

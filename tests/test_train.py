@@ -101,10 +101,13 @@ def test_autoguidance_keeps_its_guide_checkpoint_and_draws_from_it(tmp_path, dat
   sample.run(plain, workdir)
   assert not np.array_equal(samples('step000003_ddim4_ag0.5s1'), samples('step000003_ddim4'))
   # A guide step the workdir lacks falls back to the one its training recorded (a capped run
-  # scales it down); with none recorded, the error lists what the workdir holds.
+  # scales it down), and the files name the guide that drew them; with none recorded, the error
+  # lists what the workdir holds.
+  first = samples('step000003_ddim4_ag0.5s1')
   other = tiny_config(data_dir, **{**guided, 'sample.guide_step': 2})
-  assert sample.run(other, workdir).endswith('step000003_ddim4_ag0.5s2')
-  np.testing.assert_array_equal(samples('step000003_ddim4_ag0.5s2'), samples('step000003_ddim4_ag0.5s1'))
+  assert sample.run(other, workdir).endswith('step000003_ddim4_ag0.5s1')
+  np.testing.assert_array_equal(samples('step000003_ddim4_ag0.5s1'), first)
+  assert not any('s2' in name for name in os.listdir(os.path.join(workdir, 'samples')))
   recorded = json.load(open(os.path.join(workdir, 'config.json')))
   recorded['sample']['guide_step'] = 0
   json.dump(recorded, open(os.path.join(workdir, 'config.json'), 'w'))

@@ -54,20 +54,30 @@ def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
   return int(state.step), state.ema_params if use_ema else state.params
 
 
+def guide_step(workdir: str, sample_cfg, log: bool = False) -> int:
+  """The checkpoint autoguidance steers from: sample.guide_step, or, where the workdir has no such
+  checkpoint, the guide a capped run scaled it to and recorded (from_config.cap_steps)."""
+  step = sample_cfg.guide_step
+  if not sample_cfg.autoguidance:
+    return step
+  kept = checkpoints.manager(workdir, 1, create=False).all_steps()
+  recorded = files.read_json(os.path.join(workdir, 'config.json')).get('sample', {})
+  recorded = recorded.get('guide_step')
+  if step in kept or recorded not in kept:
+    return step
+  if log:
+    logging.info('sample.guide_step=%d: no such checkpoint; using step %d, the guide this run '
+                 'kept (its config.json).', step, recorded)
+  return recorded
+
+
 def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
   """`params`, or Guided(params, the weights of checkpoint sample.guide_step) when autoguidance
   is on; the guide is read from `workdir` (EMA weights if sample.use_ema, as the drawing ones)."""
   if not sample_cfg.autoguidance:
     return params
   mngr = checkpoints.manager(workdir, 1, create=False)
-  step, kept = sample_cfg.guide_step, mngr.all_steps()
-  recorded = files.read_json(os.path.join(workdir, 'config.json')).get('sample', {})
-  recorded = recorded.get('guide_step')
-  if step not in kept and recorded in kept:
-    # A capped run scaled its guide step down (from_config.cap_steps) and recorded it.
-    logging.info('sample.guide_step=%d: no such checkpoint; using step %d, the guide this run '
-                 'kept (its config.json).', step, recorded)
-    step = recorded
+  step = guide_step(workdir, sample_cfg, log=True)
   state = checkpoints.restore_step(
       mngr, step,
       state_lib.abstract_state(mesh=mesh, **state_kwargs),
