@@ -13,6 +13,7 @@ weighting parameters: from_config.VALUE_KEYS) train together as one vmapped step
 lives under <root>/<sweep name>/, one workdir per model, so a rerun trains and evaluates only
 what is missing, and a shard that finishes writes the table of every run finished so far.
 """
+import json
 import os
 
 import jax
@@ -52,12 +53,21 @@ def latest_step(workdir: str) -> int:
   return checkpoints.manager(workdir, 1, create=False).latest_step() or 0
 
 
+def cap_all(runs: list) -> None:
+  """Every run at its capped length (train.max_epochs), before any file is named: all the runs of a
+  workdir, not only the one that trains it, must look for the evaluation at the step it ends."""
+  sizes: dict = {}
+  for run in runs:
+    if run.config.train.max_epochs > 0:
+      data = json.dumps(run.config.data.to_dict(), sort_keys=True)
+      if data not in sizes:
+        sizes[data] = dataset.split_size(run.config.data, 'train')
+      from_config.cap_steps(run.config, sizes[data])
+
+
 def train_piece(piece: list) -> None:
-  """Train the piece's models that are not finished, those at one step as one group."""
-  if any(run.config.train.max_epochs > 0 for run in piece):
-    size = dataset.split_size(piece[0].config.data, 'train')  # a piece shares its data
-    for run in piece:
-      from_config.cap_steps(run.config, size)
+  """Train the piece's models that are not finished, those at one step as one group (every run
+  already capped: cap_all)."""
   steps = {run.workdir: latest_step(run.workdir) for run in piece}
   todo = [run for run in piece if steps[run.workdir] < run.config.train.steps]
   for start in sorted({steps[run.workdir] for run in todo}):
@@ -104,6 +114,7 @@ def main(argv):
   runs = plan.expand(config, sweep, folder)  # every override checked before any run
   shard = plan.parse_shard(_SHARD.value)
   hosts.start(config)  # the CPU device count, then (--multihost) the other processes
+  cap_all(runs)
   pieces = plan.chunks(runs, models_per_step(_MODELS.value, jax.default_backend()))
   if _DRY_RUN.value:
     print(describe(runs, pieces, shard[1]))

@@ -172,10 +172,17 @@ def test_a_sweep_caps_each_run_at_max_epochs_and_skips_one_finished_there(data_d
   config = tiny_config(data_dir, **{'train.steps': 1_000, 'train.max_epochs': 0.02,
                                     'train.steps_per_dispatch': 1})
   run = plan.Run(point=0, seed=0, overrides={}, config=config, workdir='/nonexistent')
+  drawn_otherwise = plan.Run(point=1, seed=0, overrides={'sample.steps': 2},
+                             config=config.copy_and_resolve_references(), workdir='/nonexistent')
+  drawn_otherwise.config.sample.steps = 2
   trained = []
   monkeypatch.setattr(training, 'train_group', lambda configs, workdirs: trained.append(
       [c.train.steps for c in configs]))
   monkeypatch.setattr(sweep, 'latest_step', lambda workdir: 0)
+  sweep.cap_all([run, drawn_otherwise])
+  # Both look for their evaluation at the step the shared model ends, not at train.steps.
+  assert [os.path.basename(table.eval_path(r)) for r in (run, drawn_otherwise)] == [
+      'step000002_ddim4.json', 'step000002_ddim2.json']
   sweep.train_piece([run])
   assert trained == [[2]]
   monkeypatch.setattr(sweep, 'latest_step', lambda workdir: 2)
