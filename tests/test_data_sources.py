@@ -357,3 +357,26 @@ def test_an_edit_behind_a_linked_class_folder_is_a_new_dataset(tmp_path):
   before = name()
   _png(str(tmp_path / 'real' / 'cats' / 'c.png'), seed=2)
   assert name() != before
+
+
+def test_a_second_process_building_the_same_dataset_waits_and_reads_the_first_build(
+    tmp_path, data_dir):
+  """Two launches sharing a data_dir: the lock makes the second wait, then find the build."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / 'sprites')
+  for i in range(4):
+    _png(os.path.join(root, 'a' if i % 2 else 'b', f'{i}.png'), seed=i)
+  cfg = _cfg(str(tmp_path / 'tfds'), source='folder', manual_dir=root)
+  b = dataset.builder(cfg)
+  folder = os.path.join(str(tmp_path / 'tfds'), b.name)
+  os.makedirs(folder)
+  loaded = []
+  with open(os.path.join(folder, f'{b.builder_config.name}.lock'), 'w') as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process is building
+    worker = threading.Thread(target=lambda: loaded.append(dataset.load(cfg)))
+    worker.start()
+    worker.join(2.0)
+    assert worker.is_alive() and not loaded, 'it waits while the lock is held'
+  worker.join(60)
+  assert loaded and len(loaded[0].images) + len(dataset.load(cfg, 'test').images) == 4

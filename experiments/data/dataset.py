@@ -1,5 +1,6 @@
 """Loading sprites: build the TFDS dataset once, then hold a whole split in memory."""
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -49,11 +50,21 @@ def builder(data_cfg) -> tfds_builder.Sprites:
 
 
 def _build(data_cfg) -> tfds_builder.Sprites:
+  """The prepared builder, built first if need be. Two runs sharing a data_dir (two launches, two
+  sweep shards) take turns through a lock file: the second finds the first's build instead of
+  failing to rename its own copy into place."""
   b = builder(data_cfg)
-  if not b.is_prepared():
-    logging.info('Preparing sprites dataset %s in %s (once).', b.builder_config.name, b.data_dir)
-    tfds.display_progress_bar(False)  # the build prints its own summary
-    b.download_and_prepare()
+  if b.is_prepared():
+    return b
+  folder = os.path.join(os.path.expanduser(data_cfg.data_dir), b.name)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f'{b.builder_config.name}.lock'), 'w', encoding='utf-8') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    b = builder(data_cfg)
+    if not b.is_prepared():
+      logging.info('Preparing sprites dataset %s in %s (once).', b.builder_config.name, b.data_dir)
+      tfds.display_progress_bar(False)  # the build prints its own summary
+      b.download_and_prepare()
   return b
 
 
