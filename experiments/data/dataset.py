@@ -79,7 +79,8 @@ def _missing_split(b: tfds_builder.Sprites, split: str) -> str:
   name, cfg = f'{b.name}/{b.builder_config.name}', b.builder_config
   if split == 'test':
     why, fix = ((f'data.test_fraction={cfg.test_fraction} holds none out',
-                 'set --config.data.test_fraction=0.1 (the dataset is built again, once)')
+                 'train with --config.data.test_fraction=0.1 (the dataset is built again, once; '
+                 'a model trained on every sprite has no held-out ones to be judged against)')
                 if cfg.test_fraction == 0 else
                 ('all its sprites are variants of one group, and a group is never split',
                  'add sprites that are not variants of each other'))
