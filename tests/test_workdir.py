@@ -176,6 +176,8 @@ def test_a_workdir_inside_a_sprite_folder_is_refused_before_anything_is_written(
                                    'data_dir': str(tmp_path / 'tfds')})
   with pytest.raises(ValueError, match='data.data_dir=.* is inside data.manual_dir'):
     dataset.check_outputs_outside(cfg, str(tmp_path.parent / 'elsewhere'))
+  dataset.check_outputs_outside(ml_collections.ConfigDict(  # no folder given: the build says so
+      {'source': 'folder', 'manual_dir': '', 'data_dir': 'tfds'}), 'runs/x')
   dataset.check_outputs_outside(ml_collections.ConfigDict(  # a sheet file, or another source
       {'source': 'course', 'manual_dir': str(tmp_path), 'data_dir': str(tmp_path)}), str(tmp_path))
 

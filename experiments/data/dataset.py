@@ -29,8 +29,10 @@ def check_outputs_outside(data_cfg, workdir: str) -> None:
   """A folder source reads every image under data.manual_dir, so a workdir or data_dir inside it
   would feed the run's own pictures (samples, previews) back in as sprites of a new class and
   rebuild the dataset on the next load. Refuse that before anything is written."""
-  folder = os.path.realpath(os.path.expanduser(data_cfg.manual_dir or ''))
-  if data_cfg.source != 'folder' or not os.path.isdir(folder):
+  if data_cfg.source != 'folder' or not data_cfg.manual_dir:  # none: the build says what to pass
+    return
+  folder = os.path.realpath(os.path.expanduser(data_cfg.manual_dir))
+  if not os.path.isdir(folder):
     return
   for what, path in (('--workdir', workdir), ('data.data_dir', data_cfg.data_dir)):
     path = os.path.realpath(os.path.expanduser(path))  # links resolved on both sides

@@ -2,8 +2,8 @@
 
 Features are `tfds.features.Tensor` and files `array_record`, so neither building nor
 reading needs TensorFlow. A config's name carries the source, the size and a hash of the
-source path, the files the source reads (names, sizes, times) and the options, so two folders, or one folder
-before and after an edit, never share a prepared dataset.
+source path, the files the source reads (names, sizes, times) and the options, so two folders,
+or one folder before and after an edit, never share a prepared dataset.
 
 TFDS writes into an `incomplete.*` folder and renames it only when every split is written,
 and every source is read in full (and checked) before the first example is written, so a
