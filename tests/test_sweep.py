@@ -198,5 +198,7 @@ def test_points_that_would_share_an_evaluation_file_are_refused(data_dir):
     plan.expand(config, clash, '/tmp/unused')
   same = plan.Sweep(points=[{'sample.seed': 0}, {}], seeds=1, baseline=0)  # one evaluation, read twice
   assert len(plan.expand(config, same, '/tmp/unused')) == 2
+  grids = plan.Sweep(points=[{'sample.per_class': 2}, {}], seeds=1, baseline=0)  # the same sprites
+  assert len(plan.expand(config, grids, '/tmp/unused')) == 2
   apart = plan.Sweep(points=[{'sample.seed': 1}, {}], seeds=1, baseline=0)
   assert len({table.eval_path(r) for r in plan.expand(config, apart, '/tmp/unused')}) == 2

@@ -93,17 +93,25 @@ def _check_distinct_evaluations(runs: list[Run]) -> None:
   """Points sharing a workdir are told apart by their evaluation's file name (sample.output_name):
   two whose sample.* / eval.* differ only in what it does not carry (eval.*) would read one file,
   so the table would show one point's numbers for both. Refuse them before anything runs."""
+  def measured(config) -> dict:  # what the evaluation's numbers depend on
+    drawn = {k: v for k, v in config.sample.to_dict().items() if k not in _PICTURE_ONLY}
+    return {'sample': drawn, 'eval': config.eval.to_dict()}
+
   seen: dict = {}
   for run in runs:
     other = seen.setdefault((run.workdir, sample.output_name(run.config, 0)), run)
-    drawn_alike = all(other.config[k].to_dict() == run.config[k].to_dict()
-                      for k in SAMPLING_SECTIONS)
-    if not drawn_alike:  # the same settings twice is one evaluation, read twice: fine
+    if measured(other.config) != measured(run.config):  # the same twice is one evaluation: fine
       raise ValueError(
           f'Sweep points {point_name(other.overrides)!r} and {point_name(run.overrides)!r} would '
           f'write one evaluation file in {run.workdir}: they differ only in settings its name does '
           'not carry (eval.*). Put them in separate sweeps (each its own folder), or vary a '
           'setting the name carries.')
+
+
+# sample.* keys that shape the grid, GIF and sheet but not the evaluation's sprites (a sprite's
+# noise derives from its own key, so the batch size does not change it either)
+_PICTURE_ONLY = ('per_class', 'mix', 'gif', 'gif_frames', 'upscale', 'sheet', 'sheet_colors',
+                 'sheet_upscale', 'sheet_key', 'batch_size')
 
 
 def chunks(runs: list[Run], models_per_step: int = 0) -> list[list[Run]]:
