@@ -380,3 +380,20 @@ def test_a_second_process_building_the_same_dataset_waits_and_reads_the_first_bu
     assert worker.is_alive() and not loaded, 'it waits while the lock is held'
   worker.join(60)
   assert loaded and len(loaded[0].images) + len(dataset.load(cfg, 'test').images) == 4
+
+
+def test_a_sheet_keyed_on_magenta_is_named_in_a_warning(tmp_path, data_dir, caplog):
+  """No transparency and a non-white border color: the key color would be learnt, so say so."""
+  rng = np.random.default_rng(0)
+  sheet = np.zeros((32, 64, 4), np.uint8)
+  sheet[..., :3], sheet[..., 3] = (255, 0, 255), 255
+  for col in range(3):
+    sprite = _rgba_sprite(rng)
+    opaque = sprite[..., 3] == 255
+    sheet[:16, col * 16:(col + 1) * 16][opaque] = sprite[opaque]
+  _save(str(tmp_path / 'keyed.png'), sheet)
+  _save(str(tmp_path / 'clear.png'), np.where(sheet[..., :1] == 255, 0, sheet).astype(np.uint8))
+  with caplog.at_level(logging.WARNING):
+    dataset.load(_cfg(data_dir, source='folder', manual_dir=str(tmp_path), tile_size=16))
+  assert "1 images have no transparency and a #ff00ff background" in caplog.text
+  assert 'keyed.png' in caplog.text and 'clear.png' not in caplog.text.split('#ff00ff')[1]

@@ -94,10 +94,27 @@ def _pieces(rgba: np.ndarray, tile_size: int) -> Iterator[tuple[str, str, np.nda
       yield f' r{row}c{col}', f' row {row} col {col}', rgb
 
 
-def _file_sprites(path: str, label: int, rel: str, size: int, tile_size: int, methods) -> list[Sprite]:
+def keyed_background(rgba: np.ndarray) -> str:
+  """'#rrggbb' when an image has no transparency and most of its border is one color that is not
+  white: a background keyed on a color (magenta sheets), which would be learnt as part of every
+  sprite; '' otherwise."""
+  if np.any(rgba[..., 3] < 255):
+    return ''
+  border = np.concatenate([rgba[0], rgba[-1], rgba[:, 0], rgba[:, -1]])[:, :3]
+  colors, counts = np.unique(border, axis=0, return_counts=True)
+  top = colors[np.argmax(counts)]
+  if counts.max() < 0.5 * len(border) or np.all(top >= 250):
+    return ''
+  return '#' + ''.join(f'{int(c):02x}' for c in top)
+
+
+def _file_sprites(path: str, label: int, rel: str, size: int, tile_size: int, methods,
+                  keyed) -> list[Sprite]:
   """The sprites of one file; frames of an animation and a tile's frames share a group. The resize
-  method of each is added to `methods` once the whole file is known to be usable."""
+  method of each is added to `methods`, and a keyed background (keyed_background) to `keyed`, once
+  the whole file is known to be usable."""
   frames, out, chosen = _frames(path), [], []
+  background = keyed_background(frames[0]) if frames else ''
   for k, rgba in enumerate(frames):
     frame = f' frame {k}' if len(frames) > 1 else ''
     for group, origin, rgb in _pieces(rgba, tile_size):
@@ -117,6 +134,8 @@ def _file_sprites(path: str, label: int, rel: str, size: int, tile_size: int, me
     raise Skip('is blank (white or transparent everywhere)')
   for key in chosen:
     methods[key].append(rel)
+  if background:
+    keyed[background].append(rel)
   return out
 
 
@@ -144,11 +163,12 @@ def sprites(root: str, image_size: int, tile_size: int = 0) -> list[Sprite]:
                     'Put the images directly in %s for an unconditional model, or add class folders.',
                     root, names[0], root)
   base = os.path.dirname(root) if os.path.isfile(root) else root
-  out, skipped, methods = [], [], collections.defaultdict(list)
+  out, skipped = [], []
+  methods, keyed = collections.defaultdict(list), collections.defaultdict(list)
   for path, label in files:
     rel = os.path.relpath(path, base)
     try:
-      out += _file_sprites(path, label, rel, image_size, tile_size, methods)
+      out += _file_sprites(path, label, rel, image_size, tile_size, methods, keyed)
     except Skip as e:
       logging.warning('Folder data: skipped %s: %s.', path, e)
       skipped.append(f'{rel} ({e})')
@@ -156,6 +176,12 @@ def sprites(root: str, image_size: int, tile_size: int = 0) -> list[Sprite]:
     logging.warning('Folder data: skipped %d of %d files in %s.', len(skipped), len(files), root)
   _check_usable(root, names, out, skipped)
   _log_methods(methods, image_size)
+  for color, names_ in sorted(keyed.items()):
+    logging.warning('Folder data: %d images have no transparency and a %s background, not white '
+                    '(e.g. %s): it is learnt as part of every sprite%s. Make that color '
+                    'transparent (or white) in them.', len(names_), color,
+                    ', '.join(sorted(names_)[:3]),
+                    ', and a sheet\'s empty tiles are kept as sprites' if tile_size else '')
   return out
 
 
