@@ -19,6 +19,10 @@ from typing import Any
 from experiments import from_config, sample
 
 SAMPLING_SECTIONS = ('sample', 'eval')
+# sample.* keys that shape the grid, GIF and sheet but not the evaluation's sprites (a sprite's
+# noise derives from its own key, so the batch size does not change it either)
+_PICTURE_ONLY = ('per_class', 'mix', 'gif', 'gif_frames', 'upscale', 'sheet', 'sheet_colors',
+                 'sheet_upscale', 'sheet_key', 'batch_size')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +111,6 @@ def _check_distinct_evaluations(runs: list[Run]) -> None:
           'not carry (eval.*). Put them in separate sweeps (each its own folder), or vary a '
           'setting the name carries.')
 
-
-# sample.* keys that shape the grid, GIF and sheet but not the evaluation's sprites (a sprite's
-# noise derives from its own key, so the batch size does not change it either)
-_PICTURE_ONLY = ('per_class', 'mix', 'gif', 'gif_frames', 'upscale', 'sheet', 'sheet_colors',
-                 'sheet_upscale', 'sheet_key', 'batch_size')
 
 
 def chunks(runs: list[Run], models_per_step: int = 0) -> list[list[Run]]:

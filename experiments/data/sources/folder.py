@@ -94,7 +94,7 @@ def _pieces(rgba: np.ndarray, tile_size: int) -> Iterator[tuple[str, str, np.nda
       yield f' r{row}c{col}', f' row {row} col {col}', rgb
 
 
-def keyed_background(rgba: np.ndarray) -> str:
+def _keyed_background(rgba: np.ndarray) -> str:
   """'#rrggbb' when an image has no transparency and most of its border is one color that is not
   white: a background keyed on a color (magenta sheets), which would be learnt as part of every
   sprite; '' otherwise."""
@@ -111,10 +111,10 @@ def keyed_background(rgba: np.ndarray) -> str:
 def _file_sprites(path: str, label: int, rel: str, size: int, tile_size: int, methods,
                   keyed) -> list[Sprite]:
   """The sprites of one file; frames of an animation and a tile's frames share a group. The resize
-  method of each is added to `methods`, and a keyed background (keyed_background) to `keyed`, once
+  method of each is added to `methods`, and a keyed background (_keyed_background) to `keyed`, once
   the whole file is known to be usable."""
   frames, out, chosen = _frames(path), [], []
-  background = keyed_background(frames[0]) if frames else ''
+  background = _keyed_background(frames[0]) if frames else ''
   for k, rgba in enumerate(frames):
     frame = f' frame {k}' if len(frames) > 1 else ''
     for group, origin, rgb in _pieces(rgba, tile_size):
