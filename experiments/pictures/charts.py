@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image, PngImagePlugin
 
 from experiments.pictures import canvas
+from experiments.runtime import files
 
 DATA_KEY = 'sweep_data'
 COLORS = {'baseline': 'tab:orange', 'different': 'tab:red'}
@@ -33,7 +34,7 @@ class Panel:
 
 def _save(fig: Figure, path: str, data) -> None:
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp.png'  # renamed into place: shards that finish together never mix writes
+  tmp = files.temporary(path)  # renamed into place: shards that finish together never mix writes
   fig.savefig(tmp, dpi=100, metadata={DATA_KEY: json.dumps(data)})
   os.replace(tmp, path)
 
@@ -117,8 +118,9 @@ def samples_chart(path: str, rows: list, columns: list, per_class: int = 4,
   info = PngImagePlugin.PngInfo()
   info.add_text(DATA_KEY, json.dumps({'rows': [name for name, _ in rows], 'columns': columns}))
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  Image.fromarray(picture).save(path + '.tmp.png', pnginfo=info)
-  os.replace(path + '.tmp.png', path)
+  tmp = files.temporary(path)
+  Image.fromarray(picture).save(tmp, pnginfo=info)
+  os.replace(tmp, path)
 
 
 def _by_class(images: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:

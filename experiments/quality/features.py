@@ -254,7 +254,7 @@ def _write_atomically(folder: str, params: bytes, info: dict) -> None:
   sharing a data_dir) sees the old weights or the new, never half of them."""
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, 'params.msgpack')
-  with open(f'{path}.tmp-{os.getpid()}', 'wb') as f:
+  with open(files.temporary(path), 'wb') as f:
     f.write(params)
-  os.replace(f'{path}.tmp-{os.getpid()}', path)
+  os.replace(files.temporary(path), path)
   files.write_json(os.path.join(folder, 'info.json'), info)

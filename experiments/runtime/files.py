@@ -20,11 +20,24 @@ def read_json(path: str) -> dict:
   return value if isinstance(value, dict) else {}
 
 
-def write_json(path: str, value) -> None:
-  """`value` as indented JSON at `path`, written to a temporary file and renamed into place, so a
-  crash never leaves a half-written file. Call it from the writing process only."""
+def temporary(path: str) -> str:
+  """Where to write `path` before renaming it into place: beside it, unique to this process (two
+  processes, sweep shards say, may write one file at once) and with its extension (writers that
+  pick the format from the name)."""
+  root, ext = os.path.splitext(path)
+  return f'{root}.tmp-{os.getpid()}{ext}'
+
+
+def write_text(path: str, text: str) -> None:
+  """`text` at `path`, written to a temporary file and renamed into place, so a crash never
+  leaves a half-written file. Call it from the writing process only."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'  # unique: two processes may write one file at once
+  tmp = temporary(path)
   with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, value) -> None:
+  """`value` as indented JSON at `path`, whole or not at all (write_text)."""
+  write_text(path, json.dumps(value, indent=2))

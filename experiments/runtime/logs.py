@@ -23,10 +23,7 @@ def drop_rows_after(path: str, step: int) -> int:
     except (ValueError, KeyError, TypeError):
       continue
   if len(kept) < len(lines):
-    tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(''.join(line + '\n' for line in kept))
-    os.replace(tmp, path)
+    files.write_text(path, ''.join(line + '\n' for line in kept))
   return len(lines) - len(kept)
 
 

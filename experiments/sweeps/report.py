@@ -30,12 +30,6 @@ def _plain(value):
   return value
 
 
-def _write_text(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
-
-
 def short_name(overrides: dict) -> str:
   """'schedule=linear, zero_terminal_snr=True': the keys without their sections."""
   return ', '.join(f"{k.rpartition('.')[2]}={v}" for k, v in overrides.items()) or 'base'
@@ -49,8 +43,8 @@ def write(folder: str, runs: list, sweep: plan.Sweep, title: str) -> list[dict]:
   files.write_json(os.path.join(folder, 'results.json'), _plain(
       {'sweep': title, 'seeds': sweep.seeds, 'baseline': sweep.baseline, 'points': rows,
        'runs': records}))
-  _write_text(os.path.join(folder, 'results.md'), table.markdown(rows) + '\n')
-  _write_text(os.path.join(folder, 'results.csv'), table.csv_text(rows).replace('nan', ''))
+  files.write_text(os.path.join(folder, 'results.md'), table.markdown(rows) + '\n')
+  files.write_text(os.path.join(folder, 'results.csv'), table.csv_text(rows).replace('nan', ''))
   if any(row['seeds'] for row in rows):
     _charts(folder, runs, records, rows, sweep, title)
   return rows
