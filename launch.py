@@ -26,10 +26,6 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
 hosts.define_flags()  # --multihost [--coordinator_address --num_processes --process_id]
 
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-_OURS = ('experiments', 'diffusion', 'configs')  # not .venv/: a library's error is not a checked input
-
-
 class _QuietLibraries(logging.logging.Filter):
   """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
   NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
@@ -46,34 +42,16 @@ def default_workdir(config) -> str:
   return os.path.join('runs', config.name + (f'-{config.preset}' if config.preset else ''))
 
 
-def _is_ours(error: BaseException) -> bool:
-  """Whether `error` was raised by this project's code (a checked input), not inside a library."""
-  tb = error.__traceback__
-  while tb is not None and tb.tb_next is not None:
-    tb = tb.tb_next
-  if tb is None:
-    return False
-  path = os.path.relpath(os.path.abspath(tb.tb_frame.f_code.co_filename), _ROOT)
-  return path.split(os.sep)[0] in _OURS
-
-
 def _run_mode(mode: str, config, workdir: str) -> None:
   """Run `mode`; an expected error (bad input, a busy workdir, divergence) is printed as its
-  message alone, exit code 1: it says what to change, and a traceback would bury it."""
+  message alone, exit code 1 (runtime/errors.py)."""
   from experiments import evaluate, sample, show, train  # pylint: disable=import-outside-toplevel
   from experiments.data import dataset  # pylint: disable=import-outside-toplevel
-  from experiments.runtime import checkpoints, workdir_lock  # pylint: disable=import-outside-toplevel
-  expected = (ValueError, OSError, FloatingPointError, checkpoints.CheckpointError,
-              workdir_lock.WorkdirBusy)
-  try:
+  from experiments.runtime import errors  # pylint: disable=import-outside-toplevel
+  with errors.reported():
     dataset.check_outputs_outside(config.data, workdir)
     {'train': train.run, 'sample': sample.run, 'show': show.run, 'eval': evaluate.run}[mode](
         config, workdir)
-  except expected as e:
-    if not _is_ours(e):
-      raise
-    print(f'Error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 def _parse_flags(argv):

@@ -16,7 +16,7 @@ from conftest import tiny_config
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
 from experiments.data.sources import emoji
-from experiments.runtime import checkpoints, logs, state as state_lib, workdir_lock
+from experiments.runtime import checkpoints, errors, logs, state as state_lib, workdir_lock
 
 
 def _trained_workdir(tmp_path, step=5, class_names=None):
@@ -131,6 +131,18 @@ def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):
   assert done.returncode == 1
   assert 'Error: train.keep_checkpoints=0: must be >= 1' in done.stderr
   assert 'Traceback' not in done.stderr
+
+
+def test_a_workdir_through_a_file_is_named_without_a_traceback(tmp_path):
+  """The OSError comes from os.makedirs (the standard library) on the project's behalf."""
+  (tmp_path / 'notes.txt').write_text('a file, not a folder')
+  done = _launch('--config=configs/sprites.py:smoke', f'--workdir={tmp_path / "notes.txt" / "run"}')
+  assert done.returncode == 1 and 'Traceback' not in done.stderr
+  assert 'Error: [Errno 20] Not a directory' in done.stderr and 'notes.txt' in done.stderr
+  try:
+    json.loads('{')  # a ValueError raised inside the standard library is not a checked input
+  except ValueError as e:
+    assert not errors.is_ours(e)
 
 
 def test_the_launcher_names_a_misspelled_key_without_a_traceback(tmp_path):
