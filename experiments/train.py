@@ -59,41 +59,64 @@ def _prepare(config, workdir: str):
   """(data, mesh, state kwargs, checkpoint manager, state): every check, then the records."""
   data = dataset.load(config.data, 'train')
   from_config.cap_steps(config, len(data.images))
-  drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)  # mix classes
-  if config.eval.at_end or config.train.eval_every:
-    dataset.check_split(config.data, 'test')  # before hours of training, not after
+  check_data(config, data)
   mesh = parallel.make_mesh()
   parallel.check_batch(config.train.batch_size, mesh, 'train.batch_size')
   kwargs = from_config.state_kwargs(config, data.num_classes)
-  guide = from_config.guide_steps(config, jax.default_backend())
-  mngr = checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every,
-                             keep_steps=guide)
-  latest = mngr.latest_step()
-  _check_recorded_classes(workdir, data.class_names, latest is not None)
-  if latest is not None:
-    dataset.check_trained_on(workdir, data, 'resuming would train on other sprites')
-  if latest is not None and latest > config.train.steps:
-    raise ValueError(
-        f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
-        f'{config.train.steps}: raise --config.train.steps to train on, use --mode=sample or '
-        '--mode=eval to use it as it is, or pass another --workdir.')
+  mngr = manager(config, workdir)
+  check_workdir(config, workdir, data, mngr)
   state = state_lib.create_or_restore(mesh=mesh, mngr=mngr, set_aside=True, **kwargs)
   if int(state.step):
     logging.info('Resuming from step %d in %s', int(state.step), mngr.directory)
-  _check_guide_kept(config, guide, int(state.step), mngr)
-  if files.is_writer():
-    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    files.write_json(os.path.join(workdir, 'data.json'), dataset.record(data))
+  check_guide_kept(config, int(state.step), mngr)
+  record(config, workdir, data)
   logging.info('%s: %d parameters, %d training sprites, %d classes, %d devices',
                config.model.name, state_lib.num_params(state.params), len(data.images),
                data.num_classes, mesh.size)
   return data, mesh, kwargs, mngr, state
 
 
-def _check_guide_kept(config, guide: tuple[int, ...], step: int, mngr) -> None:
+def manager(config, workdir: str):
+  """The training checkpoint manager: keep_checkpoints, keep_every and the autoguidance guide."""
+  return checkpoints.manager(workdir, config.train.keep_checkpoints, config.train.keep_every,
+                             keep_steps=from_config.guide_steps(config, jax.default_backend()))
+
+
+def check_data(config, data) -> None:
+  """What the data must offer this config: the classes of sample.mix, and a test split if an
+  evaluation will need one (before hours of training, not after)."""
+  drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)
+  if config.eval.at_end or config.train.eval_every:
+    dataset.check_split(config.data, 'test')
+
+
+def check_workdir(config, workdir: str, data, mngr) -> None:
+  """A workdir with checkpoints was trained on these classes and sprites, not past train.steps
+  (config.train.steps already capped by train.max_epochs)."""
+  latest = mngr.latest_step()
+  _check_recorded_classes(workdir, data.class_names, latest is not None)
+  if latest is not None:
+    dataset.check_trained_on(workdir, data, 'resuming would train on other sprites')
+  if latest is not None and latest > config.train.steps:
+    cap = (f' (and train.max_epochs={config.train.max_epochs:g}, which may end it sooner; 0: no '
+           'cap)' if config.train.max_epochs > 0 else '')
+    raise ValueError(
+        f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
+        f'{config.train.steps}: raise --config.train.steps{cap} to train on, use --mode=sample or '
+        '--mode=eval to use it as it is, or pass another --workdir.')
+
+
+def record(config, workdir: str, data) -> None:
+  """config.json and data.json (what trained the workdir), once every check has passed."""
+  if files.is_writer():
+    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    files.write_json(os.path.join(workdir, 'data.json'), dataset.record(data))
+
+
+def check_guide_kept(config, step: int, mngr) -> None:
   """A run resumed past its autoguidance guide step must hold that checkpoint (a workdir trained
   before the guide was set would only fail when drawing, after the training)."""
-  kept = mngr.all_steps()
+  guide, kept = from_config.guide_steps(config, jax.default_backend()), mngr.all_steps()
   if not config.sample.autoguidance or not guide or step < guide[0] or guide[0] in kept:
     return
   raise ValueError(
@@ -139,8 +162,11 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
     state, metrics = step_fn(state, images, labels, key)
     before, step = step, step + per_dispatch
     done, stopping = step >= total, stop.requested(step)
+    draw, judge = (_crossed(before, step, n) and not done
+                   for n in (train_cfg.sample_every, train_cfg.eval_every))
     log, save = (_crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))
     save = save or before < config.sample.guide_step <= step  # autoguidance's guide
+    save = save or draw or judge  # a signal during minutes of drawing then loses no steps
     if log or save or stopping:
       metrics = jax.device_get(metrics)
       _check_finite(metrics, step, mngr)
@@ -151,9 +177,9 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
     if stopping:
       break
     params = state.ema_params if config.sample.use_ema else state.params  # as at the end
-    if _crossed(before, step, train_cfg.sample_every) and not done:
+    if draw:
       sample.run(config, workdir, params=params, step=step, class_names=data.class_names)
-    if _crossed(before, step, train_cfg.eval_every) and not done:
+    if judge:
       evaluate.run(config, workdir, params=params, step=step)
   writer.close()
   return state
