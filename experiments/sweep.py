@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from experiments import evaluate, from_config
 from experiments.data import dataset
-from experiments.runtime import checkpoints, files, hosts, logs
+from experiments.runtime import checkpoints, errors, files, hosts, logs
 from experiments.sweeps import plan, report, table, training
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
@@ -67,22 +67,44 @@ def cap_all(runs: list) -> None:
 
 def train_piece(piece: list) -> None:
   """Train the piece's models that are not finished, those at one step as one group (every run
-  already capped: cap_all)."""
-  steps = {run.workdir: latest_step(run.workdir) for run in piece}
-  todo = [run for run in piece if steps[run.workdir] < run.config.train.steps]
-  for start in sorted({steps[run.workdir] for run in todo}):
+  already capped: cap_all). A model whose training diverges is left out (training.diverged_at)
+  and the others go on; a group whose members a damaged checkpoint left at different steps is
+  grouped again. A (workdir, step) is tried once, or again only after a divergence removed
+  another member (so this ends)."""
+  tried, diverged = set(), set()
+  while True:
+    steps = {run.workdir: latest_step(run.workdir) for run in piece}
+    todo = [run for run in piece if steps[run.workdir] < run.config.train.steps
+            and (run.workdir, steps[run.workdir]) not in tried and run.workdir not in diverged
+            and not _left_out(run.workdir)]
+    if not todo:
+      return
+    start = min(steps[run.workdir] for run in todo)
     members = [run for run in todo if steps[run.workdir] == start]
-    training.train_group([r.config for r in members], [r.workdir for r in members])
+    tried.update((run.workdir, start) for run in members)
+    try:
+      training.train_group([r.config for r in members], [r.workdir for r in members])
+    except training.Diverged as e:  # the others train again from their last checkpoint
+      diverged.update(e.workdirs)
+      tried.difference_update((run.workdir, start) for run in members)
+
+
+def _left_out(workdir: str) -> bool:
+  step = training.diverged_at(workdir)
+  if step is not None:
+    logging.warning('%s diverged at step %d in an earlier session and is left out; delete %s to '
+                    'train it again.', workdir, step, os.path.join(workdir, training.DIVERGED))
+  return step is not None
 
 
 def execute(runs: list, pieces: list, shard: tuple[int, int] = (0, 1)) -> None:
-  """Train and evaluate the runs of this shard that have not finished."""
+  """Train and evaluate the runs of this shard that have not finished (nor diverged)."""
   index, count = shard
   for j, piece in enumerate(pieces):
     if j % count != index:
       continue
     train_piece(piece)
-    workdirs = {run.workdir for run in piece}
+    workdirs = {run.workdir for run in piece if training.diverged_at(run.workdir) is None}
     for run in runs:
       if run.workdir in workdirs and not os.path.exists(table.eval_path(run)):
         logging.info('Evaluating %s (seed %d) in %s', plan.point_name(run.overrides), run.seed,
@@ -104,9 +126,47 @@ def describe(runs: list, pieces: list, count: int) -> str:
   return '\n'.join(lines)
 
 
+BASE_FILE = 'base.json'  # the base config a sweep folder's runs were trained from
+
+
+def check_base(config, folder: str, record: bool) -> None:
+  """Workdir and evaluation names carry only the points' overrides, so a sweep folder holds runs
+  of one base config (preset and --config.* overrides): another one would read the old results
+  as its own, and resume their checkpoints. The first run records it (`record`); a different one
+  is refused. runtime.* (where it runs) and preset_note may differ; keys a newer version added are not compared."""
+  base = json.loads(json.dumps({k: v for k, v in config.to_dict().items()
+                         if k not in ('runtime', 'preset_note')}))
+  path = os.path.join(folder, BASE_FILE)
+  was, now = _flat(files.read_json(path)), _flat(base)
+  differ = sorted(k for k in was.keys() & now.keys() if was[k] != now[k])
+  if differ:
+    shown = ', '.join(f'{k}={was[k]!r} there, {now[k]!r} now' for k in differ[:6])
+    raise ValueError(
+        f'{folder} holds a sweep trained from another base config ({path}): {shown}'
+        f'{" and more" if len(differ) > 6 else ""}. Pass another --root for this one, or the '
+        'settings it was run with; nothing was changed.')
+  if not was and record and files.is_writer():
+    files.write_json(path, base)
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
 def main(argv):
   del argv
   logs.quiet_libraries()
+  with errors.reported():
+    _main()
+
+
+def _main():
   sweep = plan.load(_SWEEP.value, _SEEDS.value)
   name = os.path.splitext(os.path.basename(_SWEEP.value))[0]
   folder = os.path.join(_ROOT.value, name)
@@ -114,6 +174,7 @@ def main(argv):
   runs = plan.expand(config, sweep, folder)  # every override checked before any run
   shard = plan.parse_shard(_SHARD.value)
   hosts.start(config)  # the CPU device count, then (--multihost) the other processes
+  check_base(config, folder, record=not (_DRY_RUN.value or _TABLE_ONLY.value))
   cap_all(runs)
   pieces = plan.chunks(runs, models_per_step(_MODELS.value, jax.default_backend()))
   if _DRY_RUN.value:
@@ -122,7 +183,11 @@ def main(argv):
   if not _TABLE_ONLY.value:
     if config.runtime.compile_cache:
       jax.config.update('jax_compilation_cache_dir', os.path.join(_ROOT.value, '.jax_cache'))
-    execute(runs, pieces, shard)
+    try:
+      execute(runs, pieces, shard)
+    except training.Stopped as e:
+      logging.warning('%s', e)
+      return
   if files.is_writer():
     print(table.markdown(report.write(folder, runs, sweep, name)))
 

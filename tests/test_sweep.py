@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from conftest import tiny_config
 from configs import sprites
 from experiments import evaluate, from_config, sweep
 from experiments.pictures import charts
+from experiments.runtime import checkpoints, preemption
 from experiments.sweeps import plan, report, table, training
 
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.num_samples': 16,
@@ -146,7 +148,7 @@ def test_interval_is_student_t_and_overlap_means_within_noise():
 
 
 def test_unknown_override_fails_before_any_run(data_dir):
-  with pytest.raises(KeyError, match='diffusion.schedul'):
+  with pytest.raises(ValueError, match='diffusion.schedul'):
     plan.apply(_config(data_dir), {'diffusion.schedul': 'cosine'})
 
 
@@ -202,3 +204,71 @@ def test_points_that_would_share_an_evaluation_file_are_refused(data_dir):
   assert len(plan.expand(config, grids, '/tmp/unused')) == 2
   apart = plan.Sweep(points=[{'sample.seed': 1}, {}], seeds=1, baseline=0)
   assert len({table.eval_path(r) for r in plan.expand(config, apart, '/tmp/unused')}) == 2
+
+
+class _StopAtStep2:
+  """preemption.StopOnSignal as if SIGTERM arrived during the dispatch that ends at step 2."""
+  received = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    return False
+
+  def requested(self, step):
+    if step >= 2:
+      self.received = 'SIGTERM'
+    return self.received is not None
+
+
+def test_a_stopped_group_saves_resumes_exactly_and_keeps_its_log_and_milestones(tmp_path, data_dir,
+                                                                                monkeypatch):
+  config = tiny_config(data_dir, **{'train.steps': 4, 'train.ckpt_every': 3,
+                                    'train.keep_checkpoints': 1, 'train.keep_every': 2,
+                                    'train.steps_per_dispatch': 1, 'eval.at_end': False})
+  workdir = str(tmp_path / 'run')
+  monkeypatch.setattr(preemption, 'StopOnSignal', _StopAtStep2)
+  with pytest.raises(training.Stopped, match='at step 2'):
+    training.train_group([config], [workdir])
+  assert sweep.latest_step(workdir) == 2  # saved where it stopped, not at ckpt_every
+  monkeypatch.undo()
+  training.train_group([config], [workdir])
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4], 'the resumed sweep kept its log'
+  kept = checkpoints.manager(workdir, 1, create=False).all_steps()
+  assert list(kept) == [2, 4], 'train.keep_every keeps its milestones in a sweep too'
+
+
+def test_a_diverging_member_is_left_out_and_the_others_finish(tmp_path, data_dir, monkeypatch):
+  config = tiny_config(data_dir, **QUICK, **{'eval.at_end': False})
+  runs = plan.expand(config, plan.Sweep([{}, {'train.learning_rate': 5e-4}], 1, 0), str(tmp_path))
+  nan_at = {runs[1].workdir}
+  real_check = training._check_finite
+  monkeypatch.setattr(training, '_check_finite', lambda losses, step, workdirs, mngrs: real_check(
+      [np.nan if w in nan_at else loss for loss, w in zip(losses, workdirs)], step, workdirs, mngrs))
+  sweep.execute(runs, plan.chunks(runs, models_per_step=2))
+  assert sweep.latest_step(runs[0].workdir) == 2 and os.path.exists(table.eval_path(runs[0]))
+  assert training.diverged_at(runs[1].workdir) == 1 and not os.path.exists(table.eval_path(runs[1]))
+  rows = table.summarize([table.record(r) for r in runs], plan.Sweep([{}, {}], 1, 0))
+  assert [(row['seeds'], row['diverged']) for row in rows] == [(1, 0), (0, 1)]
+  assert '(1 diverged)' in table.markdown(rows)
+  trained = []
+  monkeypatch.setattr(training, 'train_group', lambda *a: trained.append(a))
+  sweep.train_piece(runs)  # a rerun leaves the diverged one out instead of diverging again
+  assert trained == []
+
+
+def test_a_sweep_folder_refuses_another_base_config(tmp_path, data_dir):
+  config = tiny_config(data_dir)
+  sweep.check_base(config, str(tmp_path), record=False)
+  assert not os.path.exists(tmp_path / sweep.BASE_FILE), 'a dry run records nothing'
+  sweep.check_base(config, str(tmp_path), record=True)
+  other = config.copy_and_resolve_references()
+  other.runtime.compile_cache = not other.runtime.compile_cache  # where it runs: allowed
+  sweep.check_base(other, str(tmp_path), record=True)
+  other.diffusion.prediction = 'x0' if config.diffusion.prediction != 'x0' else 'v'
+  with pytest.raises(ValueError, match=re.escape(
+      f'diffusion.prediction={config.diffusion.prediction!r} there, '
+      f'{other.diffusion.prediction!r} now')):
+    sweep.check_base(other, str(tmp_path), record=True)

@@ -66,7 +66,7 @@ def apply(config, overrides: dict):
     section, _, name = key.rpartition('.')
     parent = out if not section else out[section] if section in out else None
     if parent is None or name not in parent:
-      raise KeyError(f'Sweep override {key!r}: no such config key (see configs/base.py).')
+      raise ValueError(f'Sweep override {key!r}: no such config key (see configs/base.py).')
     parent[name] = value
   return out
 

@@ -39,7 +39,10 @@ def eval_path(run: plan.Run) -> str:
 def record(run: plan.Run) -> dict:
   """The run's numbers from its eval.json (none before it exists) and its costs."""
   out = {'point': run.point, 'seed': run.seed, 'workdir': run.workdir, 'eval': eval_path(run)}
-  if not os.path.exists(out['eval']):
+  diverged = training.diverged_at(run.workdir)
+  if diverged is not None:
+    out['diverged'] = diverged
+  if diverged is not None or not os.path.exists(out['eval']):
     return out
   with open(out['eval'], encoding='utf-8') as f:
     report = json.load(f)
@@ -79,7 +82,8 @@ def summarize(records: list, sweep: plan.Sweep) -> list[dict]:
   for p, overrides in enumerate(sweep.points):
     mine = [r for r in records if r['point'] == p and 'fid' in r]
     row = {'point': p, 'name': plan.point_name(overrides), 'overrides': overrides,
-           'baseline': p == sweep.baseline, 'seeds': len(mine), 'of': sweep.seeds}
+           'baseline': p == sweep.baseline, 'seeds': len(mine), 'of': sweep.seeds,
+           'diverged': sum(1 for r in records if r['point'] == p and 'diverged' in r)}
     for key in [m[0] for m in METRICS] + list(COSTS):
       values = [r[key] for r in mine if key in r]
       mean, half = interval(values)
@@ -109,6 +113,7 @@ def markdown(rows: list) -> str:
     costs = [row[key]['mean'] for key in COSTS]  # means only: no one tests a cost against noise
     cells += ['—' if math.isnan(c) else f'{c:{f}}' for c, f in zip(costs, ('.3g', '.3g', ',.0f'))]
     name = row['name'] + (' (baseline)' if row['baseline'] else '')
+    name += f" ({row['diverged']} diverged)" if row.get('diverged') else ''
     lines.append(f"| {name} | {row['seeds']}/{row['of']} | " + ' | '.join(cells) + ' |')
   lines.append('\nmean ± half-width of the 95% Student-t interval over seeds; ≈: the interval '
                'overlaps the baseline\'s, so this point cannot be told apart from it at this many '
@@ -121,11 +126,11 @@ def csv_text(rows: list) -> str:
   out = io.StringIO()
   writer = csv.writer(out)
   keys = [key for key, *_ in METRICS]
-  writer.writerow(['point', 'name', 'baseline', 'seeds'] +
+  writer.writerow(['point', 'name', 'baseline', 'seeds', 'diverged'] +
                   [f'{k}{s}' for k in keys for s in ('', '_ci95', '_vs_baseline')] +
                   [f'{k}{s}' for k in COSTS for s in ('', '_ci95')])
   for row in rows:
-    writer.writerow([row['point'], row['name'], row['baseline'], row['seeds']] +
+    writer.writerow([row['point'], row['name'], row['baseline'], row['seeds'], row['diverged']] +
                     [row[k][f] for k in keys for f in ('mean', 'ci95', 'vs_baseline')] +
                     [row[k][f] for k in COSTS for f in ('mean', 'ci95')])
   return out.getvalue()

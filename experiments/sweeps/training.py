@@ -5,7 +5,9 @@ checkpoint to, log to and sample into their own workdirs, so evaluation, the tab
 sweep treat them as ordinary runs. <workdir>/train_time.json adds up the wall time of the
 sessions that trained it (shared by the models of one step: `models` says how many).
 """
+import contextlib
 import json
+import math
 import os
 import time
 
@@ -13,25 +15,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from experiments import evaluate, from_config, sample
+from experiments import evaluate, from_config, sample, train
 from experiments.data import dataset
-from experiments.runtime import checkpoints, files, logs, multi_train, parallel
-from experiments.runtime import state as state_lib
+from experiments.runtime import checkpoints, files, hosts, logs, multi_train, parallel
+from experiments.runtime import preemption
+from experiments.runtime import state as state_lib, workdir_lock
 
 TIME_FILE = 'train_time.json'
-
-
-def _prepare(configs, workdirs):
-  """Checks, config.json and data.json in every workdir; the training split."""
-  for config in configs:
-    from_config.validate(config)
-    evaluate.check_config(config.eval)
-  data = dataset.load(configs[0].data, 'train')
-  if files.is_writer():
-    for config, workdir in zip(configs, workdirs):
-      files.write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-      files.write_json(os.path.join(workdir, 'data.json'), dataset.record(data))
-  return data
+DIVERGED = 'diverged.json'  # written where a member's training diverged
 
 
 def recorded_seconds(workdir: str) -> float:
@@ -58,82 +49,142 @@ class _Clock:
                        {'seconds': before + spent, 'step': step, 'models': len(self.workdirs)})
 
 
+def diverged_at(workdir: str) -> int | None:
+  """The step at which the workdir's training diverged in a sweep (its DIVERGED file), or None."""
+  return files.read_json(os.path.join(workdir, DIVERGED)).get('step')
+
+
+class Diverged(FloatingPointError):
+  """Some members' loss went non-finite; each has a DIVERGED file, and the sweep goes on without
+  them (with exact resume they would diverge again at the same step)."""
+
+  def __init__(self, workdirs: list):
+    super().__init__(f'Training diverged in {", ".join(workdirs)}.')
+    self.workdirs = workdirs
+
+
 def _check_finite(losses, step: int, workdirs, mngrs) -> None:
-  for loss, workdir, mngr in zip(losses, workdirs, mngrs):
-    if not np.isfinite(loss):
-      raise FloatingPointError(
-          f'Loss is {loss} at step {step} in {workdir}: training diverged. Its last good '
-          f'checkpoint (step {mngr.latest_step()}) is kept; lower its learning rate, or set '
-          'train.grad_clip, and run the sweep again to resume.')
+  bad = [(w, m, float(loss)) for loss, w, m in zip(losses, workdirs, mngrs) if not np.isfinite(loss)]
+  for workdir, mngr, loss in bad:
+    message = (f'Loss is {loss} at step {step} in {workdir}: training diverged. Its last good '
+               f'checkpoint (step {mngr.latest_step()}) is kept; the sweep goes on without it (its '
+               'row counts it as diverged). Resumed as it is, it diverges at the same step '
+               'again: add a point with a lower learning rate or train.grad_clip instead, or '
+               f'delete {os.path.join(workdir, DIVERGED)} to retry it anyway.')
+    logging.error('%s', message)
+    if files.is_writer():
+      files.write_json(os.path.join(workdir, DIVERGED), {'step': step, 'loss': loss,
+                                                         'message': message})
+  if bad:
+    hosts.barrier('divergence recorded')  # every process then sees the files
+    raise Diverged([w for w, _, _ in bad])
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
   return every > 0 and after // every > before // every
 
 
-def train_group(configs, workdirs) -> list:
+class Stopped(Exception):
+  """SIGTERM or SIGINT stopped the sweep; every member saved its checkpoint at `step`."""
+
+  def __init__(self, signal_name: str, step: int):
+    super().__init__(f'Stopped by {signal_name} at step {step}; every model of the group saved '
+                     'its checkpoint there. Run the same sweep command again to resume.')
+
+
+def train_group(configs, workdirs) -> list | None:
   """Train every member to train.steps from where its checkpoints stand (all at one step), then
-  draw each one's sample grid and, with eval.at_end, evaluate it; returns the final states."""
-  data = _prepare(configs, workdirs)
-  mesh = parallel.make_mesh()
-  parallel.check_batch(configs[0].train.batch_size, mesh, 'train.batch_size')
-  kwargs = [from_config.state_kwargs(c, data.num_classes) for c in configs]
-  mngrs = [checkpoints.manager(w, c.train.keep_checkpoints,
-                               keep_steps=from_config.guide_steps(c, jax.default_backend()))
-           for c, w in zip(configs, workdirs)]
-  states = [state_lib.create_or_restore(mesh=mesh, mngr=m, **k) for m, k in zip(mngrs, kwargs)]
-  if len({int(s.step) for s in states}) > 1:
-    raise ValueError(f'{workdirs}: members stand at different steps; train them apart.')
-  logging.info('Training %d model(s) in one step from step %d: %s', len(configs),
-               int(states[0].step), ', '.join(workdirs))
-  states = _loop(configs, workdirs, states, data, kwargs[0]['model'], mngrs, mesh)
-  for config, workdir, state in zip(configs, workdirs, states):
-    params = state.ema_params if config.sample.use_ema else state.params
-    sample.run(config, workdir, params=params, step=int(state.step), class_names=data.class_names)
-    if config.eval.at_end:
-      evaluate.run(config, workdir, step=int(state.step), params=params)
+  draw each one's sample grid and, with eval.at_end, evaluate it; returns the final states, or
+  None when restoring set a damaged checkpoint aside and the members no longer stand at one step
+  (group them again). Each workdir gets train.run's checks and lock first; raises Stopped."""
+  for config, workdir in zip(configs, workdirs):
+    from_config.validate(config)
+    evaluate.check_config(config.eval)
+    dataset.check_outputs_outside(config.data, workdir)
+  with contextlib.ExitStack() as held:
+    for workdir in sorted(set(workdirs)):
+      held.enter_context(workdir_lock.hold(workdir))
+    data = dataset.load(configs[0].data, 'train')
+    mesh = parallel.make_mesh()
+    parallel.check_batch(configs[0].train.batch_size, mesh, 'train.batch_size')
+    mngrs = [train.manager(c, w) for c, w in zip(configs, workdirs)]
+    for config, workdir, mngr in zip(configs, workdirs, mngrs):
+      train.check_data(config, data)
+      train.check_workdir(config, workdir, data, mngr)
+    kwargs = [from_config.state_kwargs(c, data.num_classes) for c in configs]
+    states = [state_lib.create_or_restore(mesh=mesh, mngr=m, set_aside=True, **k)
+              for m, k in zip(mngrs, kwargs)]
+    if len({int(s.step) for s in states}) > 1:
+      logging.warning('%s: a damaged checkpoint was set aside, so the members now stand at steps '
+                      '%s; grouping them again.', ', '.join(workdirs),
+                      ', '.join(str(int(s.step)) for s in states))
+      return None
+    for config, workdir, mngr, state in zip(configs, workdirs, mngrs, states):
+      train.check_guide_kept(config, int(state.step), mngr)
+      train.record(config, workdir, data)
+    logging.info('Training %d model(s) in one step from step %d: %s', len(configs),
+                 int(states[0].step), ', '.join(workdirs))
+    with preemption.StopOnSignal() as stop:
+      states = _loop(configs, workdirs, states, data, kwargs[0]['model'], mngrs, mesh, stop)
+    if stop.received:
+      raise Stopped(stop.received, int(states[0].step))
+    for config, workdir, state in zip(configs, workdirs, states):
+      params = state.ema_params if config.sample.use_ema else state.params
+      sample.run(config, workdir, params=params, step=int(state.step),
+                 class_names=data.class_names)
+      if config.eval.at_end:
+        evaluate.run(config, workdir, step=int(state.step), params=params)
   return states
 
 
-def _loop(configs, workdirs, states, data, model, mngrs, mesh) -> list:
+def _loop(configs, workdirs, states, data, model, mngrs, mesh, stop) -> list:
   kwargs = from_config.multi_train_kwargs(configs, data.num_classes, jax.default_backend())
+  cfg, k, step = configs[0].train, len(configs), int(states[0].step)
+  # A group resumed where another dispatch size left it must still land on train.steps exactly.
+  kwargs['steps_per_dispatch'] = math.gcd(kwargs['steps_per_dispatch'], cfg.steps - step) or 1
   step_fn = multi_train.make(model=model, mesh=mesh, **kwargs)
-  per_dispatch, cfg, k = kwargs['steps_per_dispatch'], configs[0].train, len(configs)
+  per_dispatch = kwargs['steps_per_dispatch']
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
   keys = multi_train.train_keys([c.seed for c in configs], mesh)
   settings = multi_train.stack([from_config.member_settings(c) for c in configs], mesh)
-  stacked, step = multi_train.stack(states, mesh), int(states[0].step)
-  writers, clock = [logs.Writer(w) for w in workdirs], _Clock(workdirs)
+  stacked, clock = multi_train.stack(states, mesh), _Clock(workdirs)
   progress = logs.Progress(step, cfg.steps, cfg.batch_size * k)  # img/s of all k models
-  while step < cfg.steps:
-    stacked, metrics = step_fn(stacked, images, labels, keys, settings)
-    before, step = step, step + per_dispatch
-    done = step >= cfg.steps
-    log, save = (_crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
-    save = save or any(before < c.sample.guide_step <= step for c in configs)  # guides
-    if log or save:
-      metrics = jax.device_get(metrics)
-      _check_finite(metrics['loss'], step, workdirs, mngrs)
-    if log:
-      rate = progress.update(step, float(np.mean(metrics['loss'])))['img_per_s']
-      for i, writer in enumerate(writers):
-        writer.scalars(step, {'loss': metrics['loss'][i], 'grad_norm': metrics['grad_norm'][i],
-                              'img_per_s': rate / k, 'models': k})
-    if save:
-      for mngr, state in zip(mngrs, multi_train.unstack(stacked, mesh)):
-        checkpoints.save(mngr, step, state)
-      clock.record(step)
-    if not done and any(_crossed(before, step, n) for n in (cfg.sample_every, cfg.eval_every)):
-      _on_the_way(configs, workdirs, multi_train.unstack(stacked, mesh), before, step, data)
-  for writer in writers:
-    writer.close()
+  with contextlib.ExitStack() as closing:  # the logs closed however the loop ends
+    writers = [closing.enter_context(contextlib.closing(logs.Writer(w, first_step=step)))
+               for w in workdirs]
+    while step < cfg.steps:
+      stacked, metrics = step_fn(stacked, images, labels, keys, settings)
+      before, step = step, step + per_dispatch
+      done, stopping = step >= cfg.steps, stop.requested(step)
+      draw = not done and any(_crossed(before, step, n) for c in configs
+                              for n in (c.train.sample_every, c.train.eval_every))
+      log, save = (_crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
+      save = save or any(before < c.sample.guide_step <= step for c in configs)  # guides
+      save = save or draw or stopping  # a signal during minutes of drawing then loses no steps
+      if log or save:
+        metrics = jax.device_get(metrics)
+        _check_finite(metrics['loss'], step, workdirs, mngrs)
+      if log:
+        rate = progress.update(step, float(np.mean(metrics['loss'])))['img_per_s']
+        for i, writer in enumerate(writers):
+          writer.scalars(step, {'loss': metrics['loss'][i], 'grad_norm': metrics['grad_norm'][i],
+                                'img_per_s': rate / k, 'models': k})
+      if save:
+        for mngr, state in zip(mngrs, multi_train.unstack(stacked, mesh)):
+          checkpoints.save(mngr, step, state)
+        clock.record(step)
+      if stopping:
+        break
+      if draw:
+        _on_the_way(configs, workdirs, multi_train.unstack(stacked, mesh), before, step, data)
   return multi_train.unstack(stacked, mesh)
 
 
 def _on_the_way(configs, workdirs, states, before: int, step: int, data) -> None:
-  """train.sample_every / eval_every, for every member (EMA weights, as train.py)."""
+  """train.sample_every / eval_every, for every member (the weights sample.use_ema names)."""
   for config, workdir, state in zip(configs, workdirs, states):
+    params = state.ema_params if config.sample.use_ema else state.params
     if _crossed(before, step, config.train.sample_every):
-      sample.run(config, workdir, params=state.ema_params, step=step, class_names=data.class_names)
+      sample.run(config, workdir, params=params, step=step, class_names=data.class_names)
     if _crossed(before, step, config.train.eval_every):
-      evaluate.run(config, workdir, params=state.ema_params, step=step)
+      evaluate.run(config, workdir, params=params, step=step)
