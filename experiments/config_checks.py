@@ -73,7 +73,7 @@ RANGES = {
     'eval.num_samples': _COUNT, 'eval.near_copy': _POSITIVE, 'eval.knn': _COUNT,
     'eval.repeats': _COUNT, 'eval.seed': _SEED, 'eval.batch_size': _COUNT,
     'eval.feature_steps': _COUNT, 'eval.feature_seed': _SEED, 'eval.nearest_shown': _NATURAL,
-    'eval.feature_width': _within(1, 24),  # the 64-d feature keeps 2 x width texture dimensions
+    'eval.feature_width': _within(1, 128),
 }
 ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
            ('diffusion.sigma_min', 'diffusion.sigma_max'),

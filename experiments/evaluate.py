@@ -160,29 +160,29 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   if not files.is_writer():  # all that follows is host-local work on the gathered sprites
     hosts.barrier('evaluation written')
     return None
-  b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
-  name_version = f'{b.builder_config.name}-{b.version}'
-  recipe = features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
-                           width=eval_cfg.feature_width)
-  net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, recipe),
-                               train, heldout, dataset_name=name_version, recipe=recipe)
-  trained = time.perf_counter()
-  report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
-                         repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,
-                         near_copy=eval_cfg.near_copy)
-  report = {'step': step, 'samples': {'count': len(images), 'source': source, 'name': name},
-            'reference': {'split': eval_cfg.reference, 'count': len(ref.images)},
-            'feature_net': net.info, **report,
-            'seconds': {'data': round(loaded - start, 2), 'sampling': round(drawn - loaded, 2),
-                        'feature_net': round(trained - drawn, 2),
-                        'metrics': round(time.perf_counter() - trained, 2),
-                        'total': round(time.perf_counter() - start, 2)}}
-  report['warnings'] = report_lib.caveats(report)
-  picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
-  _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
-  print(report_lib.summary(report), flush=True)
-  hosts.barrier('evaluation written')
-  return report
+  with hosts.then_barrier('evaluation written'):  # reached even if process 0 fails on the way
+    b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
+    name_version = f'{b.builder_config.name}-{b.version}'
+    recipe = features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
+                             width=eval_cfg.feature_width)
+    net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, recipe),
+                                 train, heldout, dataset_name=name_version, recipe=recipe)
+    trained = time.perf_counter()
+    report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
+                           repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,
+                           near_copy=eval_cfg.near_copy)
+    report = {'step': step, 'samples': {'count': len(images), 'source': source, 'name': name},
+              'reference': {'split': eval_cfg.reference, 'count': len(ref.images)},
+              'feature_net': net.info, **report,
+              'seconds': {'data': round(loaded - start, 2), 'sampling': round(drawn - loaded, 2),
+                          'feature_net': round(trained - drawn, 2),
+                          'metrics': round(time.perf_counter() - trained, 2),
+                          'total': round(time.perf_counter() - start, 2)}}
+    report['warnings'] = report_lib.caveats(report)
+    picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
+    _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
+    print(report_lib.summary(report), flush=True)
+    return report
 
 
 def _write(workdir: str, name: str, report: dict, picture: np.ndarray, drawn) -> None:

@@ -81,11 +81,11 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     images = snap_to_palette(images, dataset.load(config.data, 'train').images, sample_cfg.palette)
   stem = os.path.join(workdir, 'samples', output_name(
       config, step or 0, drawing.guide_step(workdir, sample_cfg)))
-  if files.is_writer():
-    write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
-                  sample_cfg.sampler, sample_cfg.steps)
-    if sample_cfg.sheet:
-      write_sheet(stem, images, class_names, sample_cfg)
-    logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
-  hosts.barrier('samples written')
+  with hosts.then_barrier('samples written'):
+    if files.is_writer():
+      write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
+                    sample_cfg.sampler, sample_cfg.steps)
+      if sample_cfg.sheet:
+        write_sheet(stem, images, class_names, sample_cfg)
+      logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
   return stem

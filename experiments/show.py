@@ -118,13 +118,13 @@ def run(config, workdir: str) -> list[str]:
   main = files.is_writer()
   written = []
   data = dataset.load(config.data)  # in every process: the first load builds the dataset once
-  if main:
-    images = forward_process.pick_sprites(data, config.show.sprites)
-    written += forward_process.write(
-        images, out, logsnr_fn=from_config.logsnr_fn(config.diffusion),
-        schedule=config.diffusion.schedule, seed=config.seed, factor=config.sample.upscale,
-        frames=config.show.forward_frames)
-  hosts.barrier('forward process written')
+  with hosts.then_barrier('forward process written'):
+    if main:
+      images = forward_process.pick_sprites(data, config.show.sprites)
+      written += forward_process.write(
+          images, out, logsnr_fn=from_config.logsnr_fn(config.diffusion),
+          schedule=config.diffusion.schedule, seed=config.seed, factor=config.sample.upscale,
+          frames=config.show.forward_frames)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
     return written

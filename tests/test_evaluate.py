@@ -127,7 +127,8 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   first = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   again = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
-  assert first.info['batch_size'] == 8 and first.info['width'] == 16
+  assert first.info['batch_size'] == 8 and first.info['width'] == 32
+  assert first.info['pool'] == 'mean_max' and first.info['version'] == features.VERSION
   f1, f2 = features.embed(first, test.images[:10])[0], features.embed(again, test.images[:10])[0]
   np.testing.assert_array_equal(f1, f2)
 
@@ -136,12 +137,13 @@ def test_the_feature_cache_key_changes_with_every_setting():
   """A network trained with other settings is never read back as this one."""
   base = features.Recipe()
   changed = [features.Recipe(steps=2000), features.Recipe(seed=1), features.Recipe(width=8),
-             features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3)]
+             features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3),
+             features.Recipe(pool='flatten')]
   folders = {features.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
   assert len(folders) == 1 + len(changed)
   assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
   assert features.cache_dir('/d', 'emoji', base) != features.cache_dir('/d', 'dawnlike', base)
-  assert 'steps1000-seed0' in features.cache_dir('/d', 'emoji', base)  # readable at a glance
+  assert 'v2-steps3000-seed0' in features.cache_dir('/d', 'emoji', base)  # readable at a glance
 
 
 @pytest.mark.parametrize('images, message', [
@@ -169,7 +171,7 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   """Heusel et al.'s sanity check: more damage, larger distance to real sprites."""
   config = _eval_config(data_dir)
   real, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
-  recipe = features.Recipe(steps=20)
+  recipe = features.Recipe(steps=200)  # 20 steps train too little damage head to rely on
   net = features.load_or_train(features.cache_dir(config.data.data_dir, 'emoji_quick', recipe),
                                real, test, dataset_name='emoji_quick', recipe=recipe)
   ref_f = features.embed(net, test.images)[0]
@@ -184,3 +186,24 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
                                             block=e.batch_size)
     fids.append(report['fid']['samples'])
   assert fids[0] < fids[1] < fids[2] and fids[2] > 2 * report['fid']['floor']
+
+
+def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, monkeypatch):
+  real = dataset.load(_eval_config(data_dir).data, 'train')
+  group_of = {x.tobytes(): g for x, g in zip(real.images, real.groups)}
+  fitted, held = [], []
+  real_train = features.train_params
+
+  def recording(images, labels, num_classes, recipe):
+    fitted.append({group_of[x.tobytes()] for x in images})
+    return real_train(images, labels, num_classes, recipe)
+  monkeypatch.setattr(features, 'train_params', recording)
+  real_accuracy = features._accuracy  # pylint: disable=protected-access
+  monkeypatch.setattr(features, '_accuracy', lambda net, images, labels: held.append(
+      [group_of[x.tobytes()] for x in images]) or real_accuracy(net, images, labels))
+  accuracies = features.cross_validate(real, features.Recipe(steps=3, batch_size=8), folds=3)
+  assert len(accuracies) == 3 and all(0 <= a <= 1 for a in accuracies)
+  assert sum(map(len, held)) == len(real.images)  # every sprite held out once
+  assert set().union(*map(set, held)) == set(real.groups.tolist())
+  for groups, out in zip(fitted, held):  # no group on both sides: variants are not learnt twice
+    assert out and not groups & set(out)

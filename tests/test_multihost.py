@@ -209,3 +209,22 @@ def test_cluster_values_come_from_flags_then_the_environment():
 def test_incomplete_cluster_values_are_named(multihost, given, env, message):
   with pytest.raises(ValueError, match=message):
     hosts.cluster(multihost, given, env)
+
+
+def test_a_failure_in_process_0s_own_work_still_releases_the_others(monkeypatch):
+  """The others wait at a barrier while process 0 builds the dataset, writes outputs or measures:
+  if that fails, the barrier must still be reached, or they wait hosts.WAIT_S (an hour)."""
+  reached = []
+  monkeypatch.setattr(hosts, 'barrier', reached.append)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+
+  def build():
+    raise ValueError('no sprites in the folder')
+  with pytest.raises(ValueError, match='no sprites'):
+    hosts.writer_first('dataset', build)
+  assert reached == ['dataset by process 0']
+  with pytest.raises(OSError, match='disk full'):
+    with hosts.then_barrier('samples written'):
+      raise OSError('disk full')
+  assert reached == ['dataset by process 0', 'samples written']

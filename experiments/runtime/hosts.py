@@ -8,6 +8,7 @@ feature network, writing outputs) ends at a barrier of the coordination service,
 long as that work takes (a first CPU collective, in contrast, gives up after 30 s when a peer is
 late: the gloo context's set-up timeout in jax 0.10.2).
 """
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -130,6 +131,17 @@ def barrier(name: str, timeout_s: int = WAIT_S) -> None:
                                         processes=set(range(count)))
 
 
+@contextlib.contextmanager
+def then_barrier(name: str):
+  """The body, then barrier(name), reached even when the body raised: process 0's own work
+  (writing outputs, the feature network) may fail where the others only wait at this barrier,
+  and they would wait WAIT_S for it. They go on; process 0 reports the error."""
+  try:
+    yield
+  finally:
+    barrier(name)
+
+
 def writer_first(name: str, fn: Callable[[], T]) -> T:
   """fn() in process 0, then in the others once it has returned: for work that fills a cache on
   disk (the dataset), so that the others read it instead of building it at the same time. Where
@@ -138,6 +150,6 @@ def writer_first(name: str, fn: Callable[[], T]) -> T:
   if jax.process_count() == 1:
     return fn()
   first = jax.process_index() == 0
-  result = fn() if first else None
-  barrier(f'{name} by process 0')
+  with then_barrier(f'{name} by process 0'):  # if it fails, the others try (and say why) too
+    result = fn() if first else None
   return result if first else fn()
