@@ -141,6 +141,12 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
   return report, near
 
 
+def feature_recipe(eval_cfg) -> features.Recipe:
+  """The feature network eval.* asks for (its cache key)."""
+  return features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
+                         width=eval_cfg.feature_width)
+
+
 def run(config, workdir: str, *, params=None, step: int | None = None,
         class_names: tuple[str, ...] | None = None) -> dict | None:
   """Evaluate the latest checkpoint (or `params`, or eval.samples); returns what eval.json holds
@@ -163,8 +169,7 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   with hosts.then_barrier('evaluation written'):  # reached even if process 0 fails on the way
     b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
     name_version = f'{b.builder_config.name}-{b.version}'
-    recipe = features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
-                             width=eval_cfg.feature_width)
+    recipe = feature_recipe(eval_cfg)
     net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, recipe),
                                  train, heldout, dataset_name=name_version, recipe=recipe)
     trained = time.perf_counter()

@@ -106,7 +106,7 @@ def execute(runs: list, pieces: list, shard: tuple[int, int] = (0, 1)) -> None:
     train_piece(piece)
     workdirs = {run.workdir for run in piece if training.diverged_at(run.workdir) is None}
     for run in runs:
-      if run.workdir in workdirs and not os.path.exists(table.eval_path(run)):
+      if run.workdir in workdirs and table.evaluated(run) is None:
         logging.info('Evaluating %s (seed %d) in %s', plan.point_name(run.overrides), run.seed,
                      run.workdir)
         evaluate.run(run.config, run.workdir)
@@ -120,7 +120,7 @@ def describe(runs: list, pieces: list, count: int) -> str:
   lines = [f'{len(runs)} runs, {len(group)} models in {len(pieces)} training groups, {count} '
            'shard(s)']
   for run in runs:
-    done = 'done' if os.path.exists(table.eval_path(run)) else 'to do'
+    done = 'done' if table.evaluated(run) is not None else 'to do'
     lines.append(f'shard {owner[run.workdir]}  group {group[run.workdir]}  seed {run.seed}  '
                  f'{done:5s}  {plan.point_name(run.overrides)}  ->  {run.workdir}')
   return '\n'.join(lines)
@@ -133,9 +133,10 @@ def check_base(config, folder: str, record: bool) -> None:
   """Workdir and evaluation names carry only the points' overrides, so a sweep folder holds runs
   of one base config (preset and --config.* overrides): another one would read the old results
   as its own, and resume their checkpoints. The first run records it (`record`); a different one
-  is refused. runtime.* (where it runs) and preset_note may differ; keys a newer version added are not compared."""
-  base = json.loads(json.dumps({k: v for k, v in config.to_dict().items()
-                         if k not in ('runtime', 'preset_note')}))
+  is refused. runtime.* (where it runs) and preset_note may differ; keys that a newer version
+  of the code added are not compared."""
+  kept = {k: v for k, v in config.to_dict().items() if k not in ('runtime', 'preset_note')}
+  base = json.loads(json.dumps(kept))
   path = os.path.join(folder, BASE_FILE)
   was, now = _flat(files.read_json(path)), _flat(base)
   differ = sorted(k for k in was.keys() & now.keys() if was[k] != now[k])

@@ -6,15 +6,17 @@ intervals can overlap although the means differ at the 5% level), so `different`
 to trust, and `within noise` says more seeds are needed before calling it either way.
 """
 import csv
+import dataclasses
 import io
-import json
 import math
 import os
 
 import numpy as np
 from scipy import stats
 
-from experiments import sample
+from experiments import evaluate, sample
+from experiments.quality import features
+from experiments.runtime import files
 from experiments.sweeps import plan, training
 
 # key, label (with the better direction), the eval.json path it is read from
@@ -36,16 +38,28 @@ def eval_path(run: plan.Run) -> str:
   return os.path.join(run.workdir, 'eval', name + '.json')
 
 
+def evaluated(run: plan.Run) -> dict | None:
+  """The run's evaluation, if it exists and was measured in the feature space its config names
+  now: numbers from another feature network (an older VERSION, another recipe) are not
+  comparable, so such a run is evaluated again instead of joining the table."""
+  report = files.read_json(eval_path(run))
+  recorded = report.get('feature_net', {})
+  wanted = {'version': features.VERSION,
+            **dataclasses.asdict(evaluate.feature_recipe(run.config.eval))}
+  if not report or any(recorded.get(k) != v for k, v in wanted.items()):
+    return None
+  return report
+
+
 def record(run: plan.Run) -> dict:
-  """The run's numbers from its eval.json (none before it exists) and its costs."""
+  """The run's numbers from its evaluation (none before it is evaluated) and its costs."""
   out = {'point': run.point, 'seed': run.seed, 'workdir': run.workdir, 'eval': eval_path(run)}
   diverged = training.diverged_at(run.workdir)
   if diverged is not None:
     out['diverged'] = diverged
-  if diverged is not None or not os.path.exists(out['eval']):
+  report = None if diverged is not None else evaluated(run)
+  if report is None:
     return out
-  with open(out['eval'], encoding='utf-8') as f:
-    report = json.load(f)
   for key, _, where in METRICS:
     value = report
     for part in where:  # None where an older evaluation lacks the metric
