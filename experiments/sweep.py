@@ -67,25 +67,27 @@ def cap_all(runs: list) -> None:
 
 def train_piece(piece: list) -> None:
   """Train the piece's models that are not finished, those at one step as one group (every run
-  already capped: cap_all). A model whose training diverges is left out (training.diverged_at)
+  already capped: cap_all). A model whose training diverged is left out (training.diverged_at)
   and the others go on; a group whose members a damaged checkpoint left at different steps is
-  grouped again. A (workdir, step) is tried once, or again only after a divergence removed
-  another member (so this ends)."""
-  tried, diverged = set(), set()
+  grouped again. A (workdir, step) is tried once, or again only after a divergence or a set-aside
+  checkpoint changed its group (each removes a member or a checkpoint, so this ends)."""
+  left_out = {run.workdir for run in piece if _left_out(run.workdir)}
+  tried = set()
   while True:
     steps = {run.workdir: latest_step(run.workdir) for run in piece}
     todo = [run for run in piece if steps[run.workdir] < run.config.train.steps
-            and (run.workdir, steps[run.workdir]) not in tried and run.workdir not in diverged
-            and not _left_out(run.workdir)]
+            and (run.workdir, steps[run.workdir]) not in tried and run.workdir not in left_out]
     if not todo:
       return
     start = min(steps[run.workdir] for run in todo)
     members = [run for run in todo if steps[run.workdir] == start]
     tried.update((run.workdir, start) for run in members)
     try:
-      training.train_group([r.config for r in members], [r.workdir for r in members])
+      trained = training.train_group([r.config for r in members], [r.workdir for r in members])
     except training.Diverged as e:  # the others train again from their last checkpoint
-      diverged.update(e.workdirs)
+      left_out.update(e.workdirs)
+      trained = None
+    if trained is None:
       tried.difference_update((run.workdir, start) for run in members)
 
 
@@ -104,7 +106,8 @@ def execute(runs: list, pieces: list, shard: tuple[int, int] = (0, 1)) -> None:
     if j % count != index:
       continue
     train_piece(piece)
-    workdirs = {run.workdir for run in piece if training.diverged_at(run.workdir) is None}
+    workdirs = {run.workdir for run in piece if training.diverged_at(run.workdir) is None
+                and latest_step(run.workdir) >= run.config.train.steps}
     for run in runs:
       if run.workdir in workdirs and table.evaluated(run) is None:
         logging.info('Evaluating %s (seed %d) in %s', plan.point_name(run.overrides), run.seed,
@@ -120,9 +123,10 @@ def describe(runs: list, pieces: list, count: int) -> str:
   lines = [f'{len(runs)} runs, {len(group)} models in {len(pieces)} training groups, {count} '
            'shard(s)']
   for run in runs:
-    done = 'done' if table.evaluated(run) is not None else 'to do'
+    done = ('diverged' if training.diverged_at(run.workdir) is not None
+            else 'done' if table.evaluated(run) is not None else 'to do')
     lines.append(f'shard {owner[run.workdir]}  group {group[run.workdir]}  seed {run.seed}  '
-                 f'{done:5s}  {plan.point_name(run.overrides)}  ->  {run.workdir}')
+                 f'{done:8s}  {plan.point_name(run.overrides)}  ->  {run.workdir}')
   return '\n'.join(lines)
 
 
@@ -133,13 +137,15 @@ def check_base(config, folder: str, record: bool) -> None:
   """Workdir and evaluation names carry only the points' overrides, so a sweep folder holds runs
   of one base config (preset and --config.* overrides): another one would read the old results
   as its own, and resume their checkpoints. The first run records it (`record`); a different one
-  is refused. runtime.* (where it runs) and preset_note may differ; keys that a newer version
-  of the code added are not compared."""
+  is refused. runtime.* (where it runs), preset_note and eval.feature_* may differ (an evaluation
+  from another feature network is done again: table.evaluated); keys that a newer version of the
+  code added are not compared."""
   kept = {k: v for k, v in config.to_dict().items() if k not in ('runtime', 'preset_note')}
   base = json.loads(json.dumps(kept))
   path = os.path.join(folder, BASE_FILE)
   was, now = _flat(files.read_json(path)), _flat(base)
-  differ = sorted(k for k in was.keys() & now.keys() if was[k] != now[k])
+  differ = sorted(k for k in was.keys() & now.keys()
+                  if was[k] != now[k] and not k.startswith('eval.feature_'))
   if differ:
     shown = ', '.join(f'{k}={was[k]!r} there, {now[k]!r} now' for k in differ[:6])
     raise ValueError(

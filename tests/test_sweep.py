@@ -290,3 +290,26 @@ def test_an_evaluation_from_another_feature_network_is_not_read_as_finished(tmp_
       json.dump({'feature_net': net, 'fid': {'samples': 1.0}}, f)
     assert (table.evaluated(run) is not None) == finished
   assert 'fid' not in table.record(run)  # the last one, from no known network
+
+
+def test_a_group_split_by_a_damaged_checkpoint_is_grouped_again_and_every_member_finishes(
+    data_dir, monkeypatch):
+  """Restoring B set its damaged checkpoint 4 aside (train_group returned None); B stands at 2,
+  A still at 4: both must still be trained to their end in this session."""
+  config = tiny_config(data_dir, **{'train.steps': 6})
+  runs = [plan.Run(point=0, seed=s, overrides={}, config=config, workdir=w)
+          for s, w in ((0, 'A'), (1, 'B'))]
+  steps, calls = {'A': 4, 'B': 4}, []
+
+  def train_group(configs, workdirs):
+    calls.append((tuple(workdirs), steps[workdirs[0]]))
+    if len(calls) == 1:
+      steps['B'] = 2  # its checkpoint 4 was damaged and set aside
+      return None
+    steps.update({w: 6 for w in workdirs})
+    return []
+  monkeypatch.setattr(training, 'train_group', train_group)
+  monkeypatch.setattr(sweep, 'latest_step', lambda workdir: steps[workdir])
+  monkeypatch.setattr(training, 'diverged_at', lambda workdir: None)
+  sweep.train_piece(runs)
+  assert calls == [(('A', 'B'), 4), (('B',), 2), (('A',), 4)] and steps == {'A': 6, 'B': 6}

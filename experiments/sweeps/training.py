@@ -119,14 +119,15 @@ def train_group(configs, workdirs) -> list | None:
                       '%s; grouping them again.', ', '.join(workdirs),
                       ', '.join(str(int(s.step)) for s in states))
       return None
-    for config, workdir, mngr, state in zip(configs, workdirs, mngrs, states):
+    for config, mngr, state in zip(configs, mngrs, states):
       train.check_guide_kept(config, int(state.step), mngr)
+    for config, workdir in zip(configs, workdirs):  # every check passed: the records
       train.record(config, workdir, data)
     logging.info('Training %d model(s) in one step from step %d: %s', len(configs),
                  int(states[0].step), ', '.join(workdirs))
     with preemption.StopOnSignal() as stop:
       states = _loop(configs, workdirs, states, data, kwargs[0]['model'], mngrs, mesh, stop)
-    if stop.received:
+    if stop.received and int(states[0].step) < configs[0].train.steps:
       raise Stopped(stop.received, int(states[0].step))
     for config, workdir, state in zip(configs, workdirs, states):
       params = state.ema_params if config.sample.use_ema else state.params
