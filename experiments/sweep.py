@@ -70,7 +70,7 @@ def train_piece(piece: list) -> None:
   already capped: cap_all). A model whose training diverged is left out (training.diverged_at)
   and the others go on; a group whose members a damaged checkpoint left at different steps is
   grouped again. A (workdir, step) is tried once, or again only after a divergence or a set-aside
-  checkpoint changed its group (each removes a member or a checkpoint, so this ends)."""
+  checkpoint changed its group (each leaves out a member or moves a checkpoint, so this ends)."""
   left_out = {run.workdir for run in piece if _left_out(run.workdir)}
   tried = set()
   while True:
@@ -82,12 +82,14 @@ def train_piece(piece: list) -> None:
     start = min(steps[run.workdir] for run in todo)
     members = [run for run in todo if steps[run.workdir] == start]
     tried.update((run.workdir, start) for run in members)
+    changed = False
     try:
-      trained = training.train_group([r.config for r in members], [r.workdir for r in members])
+      if training.train_group([r.config for r in members], [r.workdir for r in members]) is None:
+        changed = any(latest_step(run.workdir) != start for run in members)  # one set aside
     except training.Diverged as e:  # the others train again from their last checkpoint
       left_out.update(e.workdirs)
-      trained = None
-    if trained is None:
+      changed = True
+    if changed:  # only a change lets a (workdir, step) be tried again, so this ends
       tried.difference_update((run.workdir, start) for run in members)
 
 
