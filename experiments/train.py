@@ -33,8 +33,15 @@ def _check_finite(metrics: dict, step: int, mngr) -> None:
         'or set train.grad_clip, then run again.')
 
 
-def _crossed(before: int, after: int, every: int) -> bool:
+def crossed(before: int, after: int, every: int) -> bool:
+  """Whether a dispatch from step `before` to `after` passed a multiple of `every` (0: never)."""
   return every > 0 and after // every > before // every
+
+
+def landing_dispatch(per_dispatch: int, steps_left: int) -> int:
+  """Steps per dispatch for a run resumed where another dispatch size left it: it must still land
+  on train.steps exactly."""
+  return math.gcd(per_dispatch, steps_left) or 1
 
 
 def run(config, workdir: str):
@@ -150,8 +157,7 @@ def _say_how_to_resume(signal_name: str, step: int, mngr) -> None:
 def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
   kwargs = from_config.train_step_kwargs(config, data.num_classes, jax.default_backend())
   step, total = int(state.step), config.train.steps
-  # A run resumed where another dispatch size left it must still land on train.steps exactly.
-  kwargs['steps_per_dispatch'] = math.gcd(kwargs['steps_per_dispatch'], total - step) or 1
+  kwargs['steps_per_dispatch'] = landing_dispatch(kwargs['steps_per_dispatch'], total - step)
   step_fn = train_step.make(model=model, tx=tx, mesh=mesh, **kwargs)
   per_dispatch, train_cfg = kwargs['steps_per_dispatch'], config.train
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
@@ -162,9 +168,9 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
     state, metrics = step_fn(state, images, labels, key)
     before, step = step, step + per_dispatch
     done, stopping = step >= total, stop.requested(step)
-    draw, judge = (_crossed(before, step, n) and not done
+    draw, judge = (crossed(before, step, n) and not done
                    for n in (train_cfg.sample_every, train_cfg.eval_every))
-    log, save = (_crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))
+    log, save = (crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))
     save = save or before < config.sample.guide_step <= step  # autoguidance's guide
     save = save or draw or judge  # a signal during minutes of drawing then loses no steps
     if log or save or stopping:

@@ -7,7 +7,6 @@ sessions that trained it (shared by the models of one step: `models` says how ma
 """
 import contextlib
 import json
-import math
 import os
 import time
 
@@ -64,7 +63,8 @@ class Diverged(FloatingPointError):
 
 
 def _check_finite(losses, step: int, workdirs, mngrs) -> None:
-  bad = [(w, m, float(loss)) for loss, w, m in zip(losses, workdirs, mngrs) if not np.isfinite(loss)]
+  bad = [(w, m, float(loss)) for loss, w, m in zip(losses, workdirs, mngrs)
+         if not np.isfinite(loss)]
   for workdir, mngr, loss in bad:
     message = (f'Loss is {loss} at step {step} in {workdir}: training diverged. Its last good '
                f'checkpoint (step {mngr.latest_step()}) is kept; the sweep goes on without it (its '
@@ -78,10 +78,6 @@ def _check_finite(losses, step: int, workdirs, mngrs) -> None:
   if bad:
     hosts.barrier('divergence recorded')  # every process then sees the files
     raise Diverged([w for w, _, _ in bad])
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-  return every > 0 and after // every > before // every
 
 
 class Stopped(Exception):
@@ -141,8 +137,8 @@ def train_group(configs, workdirs) -> list | None:
 def _loop(configs, workdirs, states, data, model, mngrs, mesh, stop) -> list:
   kwargs = from_config.multi_train_kwargs(configs, data.num_classes, jax.default_backend())
   cfg, k, step = configs[0].train, len(configs), int(states[0].step)
-  # A group resumed where another dispatch size left it must still land on train.steps exactly.
-  kwargs['steps_per_dispatch'] = math.gcd(kwargs['steps_per_dispatch'], cfg.steps - step) or 1
+  kwargs['steps_per_dispatch'] = train.landing_dispatch(kwargs['steps_per_dispatch'],
+                                                       cfg.steps - step)
   step_fn = multi_train.make(model=model, mesh=mesh, **kwargs)
   per_dispatch = kwargs['steps_per_dispatch']
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
@@ -157,9 +153,9 @@ def _loop(configs, workdirs, states, data, model, mngrs, mesh, stop) -> list:
       stacked, metrics = step_fn(stacked, images, labels, keys, settings)
       before, step = step, step + per_dispatch
       done, stopping = step >= cfg.steps, stop.requested(step)
-      draw = not done and any(_crossed(before, step, n) for c in configs
+      draw = not done and any(train.crossed(before, step, n) for c in configs
                               for n in (c.train.sample_every, c.train.eval_every))
-      log, save = (_crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
+      log, save = (train.crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
       save = save or any(before < c.sample.guide_step <= step for c in configs)  # guides
       save = save or draw or stopping  # a signal during minutes of drawing then loses no steps
       if log or save:
@@ -185,7 +181,7 @@ def _on_the_way(configs, workdirs, states, before: int, step: int, data) -> None
   """train.sample_every / eval_every, for every member (the weights sample.use_ema names)."""
   for config, workdir, state in zip(configs, workdirs, states):
     params = state.ema_params if config.sample.use_ema else state.params
-    if _crossed(before, step, config.train.sample_every):
+    if train.crossed(before, step, config.train.sample_every):
       sample.run(config, workdir, params=params, step=step, class_names=data.class_names)
-    if _crossed(before, step, config.train.eval_every):
+    if train.crossed(before, step, config.train.eval_every):
       evaluate.run(config, workdir, params=params, step=step)
