@@ -262,11 +262,7 @@ def _write_atomically(folder: str, params: bytes, info: dict) -> None:
   """Each file renamed into place, info.json last: a half-written cache is never read as
   complete, and another process reading the cache while this one rewrites it (sweep shards
   sharing a data_dir) sees the old weights or the new, never half of them."""
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, 'params.msgpack')
-  with open(files.temporary(path), 'wb') as f:
-    f.write(params)
-  os.replace(files.temporary(path), path)
+  files.write_bytes(os.path.join(folder, 'params.msgpack'), params)
   files.write_json(os.path.join(folder, 'info.json'), info)
 
 

@@ -28,14 +28,19 @@ def temporary(path: str) -> str:
   return f'{root}.tmp-{os.getpid()}{ext}'
 
 
-def write_text(path: str, text: str) -> None:
-  """`text` at `path`, written to a temporary file and renamed into place, so a crash never
+def write_bytes(path: str, data: bytes) -> None:
+  """`data` at `path`, written to a temporary file and renamed into place, so a crash never
   leaves a half-written file. Call it from the writing process only."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = temporary(path)
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
+  with open(tmp, 'wb') as f:
+    f.write(data)
   os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  """`text` as UTF-8 at `path`, whole or not at all (write_bytes)."""
+  write_bytes(path, text.encode('utf-8'))
 
 
 def write_json(path: str, value) -> None:
