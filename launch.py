@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.runtime import hosts
+from experiments.runtime import hosts, logs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
                                           lock_config=True)
@@ -24,18 +24,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; default runs/<co
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
                           'What to do (show: pictures of the forward process and the context).')
 hosts.define_flags()  # --multihost [--coordinator_address --num_processes --process_id]
-
-
-class _QuietLibraries(logging.logging.Filter):
-  """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
-  NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
-  EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry',
-              'Type handler registry type')  # runtime/checkpoints.py replaces orbax's on CPU
-
-  def filter(self, record):
-    if not any(part in record.pathname for part in self.NOISY):
-      return True
-    return record.levelno >= logging.logging.WARNING and not str(record.msg).startswith(self.EXPECTED)
 
 
 def default_workdir(config) -> str:
@@ -77,7 +65,7 @@ def _parse_flags(argv):
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logs.quiet_libraries()
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
   hosts.start(config)

@@ -3,14 +3,17 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import tiny_config
+from diffusion import schedules
 from experiments import evaluate, train
 from experiments.data import dataset
-from experiments.quality import features, floor as floor_lib, grain, report as quality_report
+from experiments.quality import features, floor as floor_lib, grain, noise_left
+from experiments.quality import report as quality_report
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
 QUICK = {'eval.feature_steps': 20, 'eval.repeats': 2, 'eval.nearest_shown': 6}
@@ -207,3 +210,18 @@ def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, mon
   assert set().union(*map(set, held)) == set(real.groups.tolist())
   for groups, out in zip(fitted, held):  # no group on both sides: variants are not learnt twice
     assert out and not groups & set(out)
+
+
+def test_noise_left_is_zero_for_a_perfect_denoiser_and_one_for_one_that_does_nothing(data_dir):
+  test = dataset.load(_eval_config(data_dir).data, 'test')
+  x0 = jnp.asarray(dataset.to_model(test.images))
+  logsnr_fn, key = schedules.cosine(), jax.random.key(0)
+  perfect = lambda x_t, t, logsnr: (x0, None)
+  nothing = lambda x_t, t, logsnr: (x_t / schedules.alpha_sigma(logsnr)[0][:, None, None, None],
+                                    None)
+  (exact,) = noise_left.measure(perfect, x0, logsnr_fn, [4.0], key)
+  assert exact['noise_left'] == 0 and exact['grain'] == pytest.approx(grain.grain(test.images))
+  for record in noise_left.measure(nothing, x0, logsnr_fn, [0.0, 6.0], key):
+    assert record['noise_left'] == pytest.approx(1, abs=0.05)
+    assert record['input_noise_left'] < record['noise_left']  # clipping to [-1, 1] removes some
+    assert record['grain'] > 1.2 * exact['grain']  # noise is grain
