@@ -7,13 +7,7 @@ the same pins: guidance 2 at every level, the plain v-MSE loss, batch 64, widths
 the two sweeps read together (drop BASE to sweep the full preset's model). DDPM stops at 250
 steps: 1,000 would cost more than the rest of the sweep on 2 CPU cores.
 """
-
-
-BASE = {'train.steps': 300, 'train.ckpt_every': 300, 'train.log_every': 50,
-        'sample.per_class': 4, 'sample.guidance': 2.0, 'eval.num_samples': 160,
-        'diffusion.loss_weighting': 'simple', 'train.batch_size': 64,
-        'sample.guidance_logsnr': '', 'model.n_feat': 24, 'sample.autoguidance': 0.0,
-        'sample.guide_step': 0}
+from configs.sweeps.schedules import BASE  # pylint: disable=unused-import  (this sweep's BASE)
 
 
 def get_sweep():
