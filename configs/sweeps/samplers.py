@@ -7,7 +7,9 @@ the same pins: guidance 2 at every level, the plain v-MSE loss, batch 64, widths
 the two sweeps read together (drop BASE to sweep the full preset's model). DDPM stops at 250
 steps: 1,000 would cost more than the rest of the sweep on 2 CPU cores.
 """
-from configs.sweeps.schedules import BASE  # pylint: disable=unused-import  (this sweep's BASE)
+from configs.sweeps import schedules
+
+BASE = schedules.BASE  # the schedule sweep's baseline, pins and all
 
 
 def get_sweep():
