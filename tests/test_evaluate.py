@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from diffusion import schedules
-from experiments import evaluate, train
+from experiments import evaluate, from_config, train
 from experiments.data import dataset
 from experiments.quality import features, floor as floor_lib, grain, noise_left
 from experiments.quality import report as quality_report
@@ -201,7 +201,7 @@ def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, mon
     fitted.append({group_of[x.tobytes()] for x in images})
     return real_train(images, labels, num_classes, recipe)
   monkeypatch.setattr(features, 'train_params', recording)
-  real_accuracy = features._accuracy  # pylint: disable=protected-access
+  real_accuracy = features._accuracy
   monkeypatch.setattr(features, '_accuracy', lambda net, images, labels: held.append(
       [group_of[x.tobytes()] for x in images]) or real_accuracy(net, images, labels))
   accuracies = features.cross_validate(real, features.Recipe(steps=3, batch_size=8), folds=3)
@@ -216,12 +216,39 @@ def test_noise_left_is_zero_for_a_perfect_denoiser_and_one_for_one_that_does_not
   test = dataset.load(_eval_config(data_dir).data, 'test')
   x0 = jnp.asarray(dataset.to_model(test.images))
   logsnr_fn, key = schedules.cosine(), jax.random.key(0)
+  alpha = lambda t: schedules.alpha_sigma(logsnr_fn(t))[0][:, None, None, None]  # from t alone
   perfect = lambda x_t, t, logsnr: (x0, None)
-  nothing = lambda x_t, t, logsnr: (x_t / schedules.alpha_sigma(logsnr)[0][:, None, None, None],
-                                    None)
+  nothing = lambda x_t, t, logsnr: (x_t / alpha(t), None)
+  clipped = lambda x_t, t, logsnr: (jnp.clip(x_t / alpha(t), -1, 1), None)
   (exact,) = noise_left.measure(perfect, x0, logsnr_fn, [4.0], key)
   assert exact['noise_left'] == 0 and exact['grain'] == pytest.approx(grain.grain(test.images))
-  for record in noise_left.measure(nothing, x0, logsnr_fn, [0.0, 6.0], key):
-    assert record['noise_left'] == pytest.approx(1, abs=0.05)
-    assert record['input_noise_left'] < record['noise_left']  # clipping to [-1, 1] removes some
+  for record, clip in zip(noise_left.measure(nothing, x0, logsnr_fn, [0.0, 6.0], key),
+                          noise_left.measure(clipped, x0, logsnr_fn, [0.0, 6.0], key)):
+    assert record['noise_left'] == pytest.approx(1, abs=0.05)  # t matches logsnr
     assert record['grain'] > 1.2 * exact['grain']  # noise is grain
+    assert clip['noise_left'] == pytest.approx(clip['input_noise_left'], rel=1e-5)
+    assert clip['grain'] == pytest.approx(clip['input_grain'])
+    assert clip['noise_left'] < record['noise_left']  # clipping to [-1, 1] removes some
+
+
+def test_noise_left_measures_a_trained_run_plain_and_guided_and_fails_clearly(tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  config = _eval_config(data_dir, **{'sample.guidance': 1.0, 'sample.autoguidance': 0.5,
+                                     'sample.guide_step': 1})
+  train.run(config, workdir)
+  test = dataset.load(config.data, 'test')
+  x0 = jnp.asarray(dataset.to_model(test.images[:20]))
+  logsnr_fn = from_config.logsnr_fn(config.diffusion)
+  levels = noise_left.check_levels(['1', '5'], logsnr_fn)
+  for guided in (False, True):
+    step, denoise = noise_left.make_denoise(
+        config, workdir, test.num_classes, test.labels[:20], guided)
+    records = noise_left.measure(denoise, x0, logsnr_fn, levels, jax.random.key(0))
+    assert step == 2 and [r['logsnr'] for r in records] == [1.0, 5.0]
+    assert all(np.isfinite(r['noise_left']) and r['noise_left'] > 0 for r in records)
+  with pytest.raises(FileNotFoundError, match='No checkpoint'):
+    noise_left.make_denoise(config, str(tmp_path / 'empty'), test.num_classes, test.labels,
+                         False)
+  for bad in (['inf'], ['nan'], ['x'], ['-30'], []):  # -30: past the schedule's noisiest
+    with pytest.raises(ValueError, match='--logsnr'):
+      noise_left.check_levels(bad, logsnr_fn)

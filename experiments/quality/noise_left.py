@@ -1,16 +1,20 @@
 """How much noise the network leaves: held-out sprites noised to a few logSNR levels, each
-denoised in one network call and compared with the clean sprites.
+denoised in one step and compared with the clean sprites.
 
 Where samples are grainy this says whether the network's x0_hat of *real* sprites already is:
 a sampler's last step jumps to x0_hat from a nearly clean level, so noise the network cannot
-tell from detail there stays in every sample. Per level, as JSON lines:
+tell from detail there stays in the samples. Per level, as JSON lines:
   noise_left  mean |x0_hat - x0|^2 over the input's noise in x0 space, sigma^2 / alpha^2 =
-              exp(-logsnr): 0 for a perfect denoiser, about 1 for one that returns its input
+              exp(-logsnr): 0 for a perfect denoiser, 1 for one that returns x_t / alpha; all
+              of x0_hat's error counts, so a network that adds error scores above 1
   grain       quality/grain.py of the x0_hat sprites (the clean sprites' own: the first line)
 and the same two for the do-nothing denoiser, x_t / alpha clipped to the data range (input_*).
-The network is the plain conditional one (EMA weights if sample.use_ema), without guidance.
+By default the plain conditional network (EMA weights if sample.use_ema); --guided denoises as
+the sampler does, with the config's autoguidance and classifier-free guidance. A self-conditioned
+network is called twice, the second time with the first x0_hat, as a sampler's later steps are.
 
-  python -m experiments.quality.noise_left --config=configs/sprites.py --workdir=runs/sprites-cpu
+  python -m experiments.quality.noise_left --config=configs/sprites.py:cpu \\
+      --workdir=runs/sprites-cpu [--guided] [--logsnr=2,5,6]
 """
 import json
 import math
@@ -27,15 +31,10 @@ from experiments.data import dataset
 from experiments.quality import grain
 from experiments.runtime import drawing, errors, logs, parallel
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset] of the run.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run (its latest checkpoint).')
-_LOGSNR = flags.DEFINE_list('logsnr', ['-2', '0', '2', '4', '5', '6', '8'], 'Levels to noise to.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
-
-
 def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array) -> list[dict]:
-  """One record per logSNR level: noise_left and grain of x0_hat = denoise(x_t) for sprites x0
-  [N, H, W, C] in [-1, 1] noised to that level, and of the do-nothing clip(x_t / alpha)."""
+  """One record per logSNR level: noise_left and grain of x0_hat = denoise(x_t, t, logsnr)[0]
+  for sprites x0 [N, H, W, C] in [-1, 1] noised to that level (t where the schedule reaches it),
+  and of the do-nothing clip(x_t / alpha)."""
   n, records = x0.shape[0], []
   for i, level in enumerate(levels):
     logsnr = jnp.full((n,), level, jnp.float32)
@@ -52,34 +51,87 @@ def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array) -> list[d
   return records
 
 
+def check_levels(values, logsnr_fn) -> list[float]:
+  """--logsnr as floats strictly inside the schedule's range, or a ValueError naming the flag."""
+  top, bottom = (float(logsnr_fn(jnp.float32(t))) for t in (0.0, 1.0))
+  try:
+    levels = [float(v) for v in values]
+  except ValueError as e:
+    raise ValueError(f'--logsnr={",".join(values)}: give numbers ({e}).') from None
+  outside = [v for v in levels if not (bottom < v < top and math.isfinite(v))]
+  if outside or not levels:
+    raise ValueError(f'--logsnr: every level must lie inside the schedule\'s range '
+                     f'({bottom:.2f}, {top:.2f}); got {outside or "none"}.')
+  return levels
+
+
+def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, guided: bool):
+  """(step, denoise(x_t, t, logsnr) -> (x0_hat, None)) for the workdir's latest checkpoint, in
+  blocks of sample.batch_size sprites (the weights an argument of the jitted call, not baked in)."""
+  mesh, s = parallel.make_mesh(), from_config.sampling(config)
+  kwargs = from_config.state_kwargs(config, num_classes)
+  if guided:
+    step, params = drawing.weights(workdir, mesh, config.sample, **kwargs)
+  else:
+    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
+  model = from_config.model(config.model, num_classes)
+
+  @jax.jit
+  def x0_hat(params, x_t, t, logsnr, context):
+    if guided and s.autoguidance:
+      model_fn = denoiser.autoguided(models.network_fn(model, params.params),
+                                     models.network_fn(model, params.guide), s.autoguidance)
+    else:
+      model_fn = models.network_fn(model, params)
+    denoise = denoiser.make_denoiser(
+        model_fn=model_fn, context=context, prediction=s.prediction, sigma_data=s.sigma_data,
+        guidance=s.guidance if guided else 0.0,
+        guidance_logsnr=s.guidance_logsnr if guided else (-jnp.inf, jnp.inf),
+        threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
+    first = denoise(x_t, t, logsnr)[0]
+    return denoise(x_t, t, logsnr, jnp.clip(first, -1.0, 1.0))[0] if s.self_cond else first
+
+  context = dataset.context(labels, num_classes)
+  block = config.sample.batch_size
+
+  def denoise(x_t, t, logsnr):
+    parts = [x0_hat(params, x_t[i:i + block], t[i:i + block], logsnr[i:i + block],
+                    jnp.asarray(context[i:i + block])) for i in range(0, len(x_t), block)]
+    return jnp.concatenate(parts), None
+  return step, denoise
+
+
 def main(argv):
   del argv
   logs.quiet_libraries()
+  args = flags.FLAGS
   with errors.reported():
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    levels = [float(v) for v in _LOGSNR.value]
-    test = dataset.load(config.data, 'test')
+    config, workdir = args.config, args.workdir
+    from_config.validate(config)
+    levels = check_levels(args.logsnr, from_config.logsnr_fn(config.diffusion))
+    train, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
     if len(test.images) == 0:
       raise ValueError('The test split is empty: noise_left measures on held-out sprites.')
-    mesh = parallel.make_mesh()
+    dataset.check_trained_on(workdir, train, 'the held-out sprites may include ones it learnt')
     num_classes = len(dataset.recorded_class_names(config.data, workdir))
-    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema,
-                                          **from_config.state_kwargs(config, num_classes))
-    s = from_config.sampling(config)
-    model = from_config.model(config.model, num_classes)
     labels = test.labels if num_classes else np.full(len(test.images), -1)
-    context = jnp.asarray(dataset.context(labels, num_classes))
-    denoise = jax.jit(denoiser.make_denoiser(
-        model_fn=models.network_fn(model, params), context=context, prediction=s.prediction,
-        sigma_data=s.sigma_data, threshold=s.threshold, percentile=s.percentile,
-        self_cond=s.self_cond))
-    print(json.dumps({'workdir': workdir, 'step': step, 'sprites': len(test.images),
-                      'clean_grain': grain.grain(test.images)}), flush=True)
-    for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)), s.logsnr_fn,
-                          levels, jax.random.key(_SEED.value)):
+    step, denoise = make_denoise(config, workdir, num_classes, labels, args.guided)
+    print(json.dumps({'workdir': workdir, 'step': step, 'guided': args.guided,
+                      'sprites': len(test.images), 'clean_grain': grain.grain(test.images)}),
+          flush=True)
+    for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)),
+                          from_config.logsnr_fn(config.diffusion), levels,
+                          jax.random.key(args.seed)):
       print(json.dumps(record), flush=True)
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: tests import this module beside others that define --config.
+  config_flags.DEFINE_config_file('config', None, 'Config file[:preset] of the run.')
+  flags.DEFINE_string('workdir', None, 'The trained run (its latest checkpoint).')
+  flags.DEFINE_list('logsnr', ['-2', '0', '2', '4', '5', '6', '8'], 'Levels to noise to.')
+  flags.DEFINE_bool('guided', False, 'With the config\'s autoguidance and classifier-free '
+                    'guidance, as the sampler draws.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)
