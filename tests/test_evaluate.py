@@ -249,6 +249,6 @@ def test_noise_left_measures_a_trained_run_plain_and_guided_and_fails_clearly(tm
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     noise_left.make_denoise(config, str(tmp_path / 'empty'), test.num_classes, test.labels,
                          False)
-  for bad in (['inf'], ['nan'], ['x'], ['-30'], []):  # -30: past the schedule's noisiest
+  for bad in (['inf'], ['nan'], ['x'], ['-30'], ['30'], []):  # -30: past the noisiest level
     with pytest.raises(ValueError, match='--logsnr'):
       noise_left.check_levels(bad, logsnr_fn)

@@ -52,8 +52,10 @@ def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array) -> list[d
 
 
 def check_levels(values, logsnr_fn) -> list[float]:
-  """--logsnr as floats strictly inside the schedule's range, or a ValueError naming the flag."""
+  """--logsnr as floats strictly inside the schedule's range and at most 20 (the UNet clips logSNR
+  there, and beyond it float32 sprites hardly change), or a ValueError naming the flag."""
   top, bottom = (float(logsnr_fn(jnp.float32(t))) for t in (0.0, 1.0))
+  top = min(top, 20.0 + 1e-6)
   try:
     levels = [float(v) for v in values]
   except ValueError as e:
