@@ -201,7 +201,7 @@ def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, mon
     fitted.append({group_of[x.tobytes()] for x in images})
     return real_train(images, labels, num_classes, recipe)
   monkeypatch.setattr(features, 'train_params', recording)
-  real_accuracy = features._accuracy
+  real_accuracy = features._accuracy  # pylint: disable=protected-access
   monkeypatch.setattr(features, '_accuracy', lambda net, images, labels: held.append(
       [group_of[x.tobytes()] for x in images]) or real_accuracy(net, images, labels))
   accuracies = features.cross_validate(real, features.Recipe(steps=3, batch_size=8), folds=3)
@@ -240,12 +240,15 @@ def test_noise_left_measures_a_trained_run_plain_and_guided_and_fails_clearly(tm
   x0 = jnp.asarray(dataset.to_model(test.images[:20]))
   logsnr_fn = from_config.logsnr_fn(config.diffusion)
   levels = noise_left.check_levels(['1', '5'], logsnr_fn)
+  left = []
   for guided in (False, True):
     step, denoise = noise_left.make_denoise(
         config, workdir, test.num_classes, test.labels[:20], guided)
     records = noise_left.measure(denoise, x0, logsnr_fn, levels, jax.random.key(0))
     assert step == 2 and [r['logsnr'] for r in records] == [1.0, 5.0]
     assert all(np.isfinite(r['noise_left']) and r['noise_left'] > 0 for r in records)
+    left.append(records[0]['noise_left'])
+  assert left[0] != left[1]  # --guided draws with the guide and CFG, not the plain network
   with pytest.raises(FileNotFoundError, match='No checkpoint'):
     noise_left.make_denoise(config, str(tmp_path / 'empty'), test.num_classes, test.labels,
                          False)
