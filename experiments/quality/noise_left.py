@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from diffusion import denoiser, gaussian, models, samplers, schedules
+from diffusion import denoiser, gaussian, samplers, schedules
 from experiments import from_config
 from experiments.data import dataset
 from experiments.quality import grain
@@ -80,13 +80,9 @@ def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, gui
 
   @jax.jit
   def x0_hat(params, x_t, t, logsnr, context):
-    if guided and s.autoguidance:
-      model_fn = denoiser.autoguided(models.network_fn(model, params.params),
-                                     models.network_fn(model, params.guide), s.autoguidance)
-    else:
-      model_fn = models.network_fn(model, params)
     denoise = denoiser.make_denoiser(
-        model_fn=model_fn, context=context, prediction=s.prediction, sigma_data=s.sigma_data,
+        model_fn=drawing.network(model, params, s.autoguidance if guided else 0.0),
+        context=context, prediction=s.prediction, sigma_data=s.sigma_data,
         guidance=s.guidance if guided else 0.0,
         guidance_logsnr=s.guidance_logsnr if guided else (-jnp.inf, jnp.inf),
         threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
@@ -110,7 +106,8 @@ def main(argv):
   with errors.reported():
     config, workdir = args.config, args.workdir
     from_config.validate(config)
-    levels = check_levels(args.logsnr, from_config.logsnr_fn(config.diffusion))
+    logsnr_fn = from_config.logsnr_fn(config.diffusion)
+    levels = check_levels(args.logsnr, logsnr_fn)
     train, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
     if len(test.images) == 0:
       raise ValueError('The test split is empty: noise_left measures on held-out sprites.')
@@ -121,9 +118,8 @@ def main(argv):
     print(json.dumps({'workdir': workdir, 'step': step, 'guided': args.guided,
                       'sprites': len(test.images), 'clean_grain': grain.grain(test.images)}),
           flush=True)
-    for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)),
-                          from_config.logsnr_fn(config.diffusion), levels,
-                          jax.random.key(args.seed)):
+    for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)), logsnr_fn,
+                          levels, jax.random.key(args.seed)):
       print(json.dumps(record), flush=True)
 
 

@@ -97,6 +97,15 @@ def weights(workdir: str, mesh, sample_cfg, *, params=None, step: int | None = N
   return step, with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
 
 
+def network(model, params, autoguidance: float):
+  """The network to draw with: `params`' alone, or with autoguidance > 0 a Guided pair's,
+  steered away from its guide (with_guide makes the pair)."""
+  if autoguidance:
+    return denoiser.autoguided(models.network_fn(model, params.params),
+                               models.network_fn(model, params.guide), autoguidance)
+  return models.network_fn(model, params)
+
+
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B;
   params a Guided pair when sampling.autoguidance > 0 (with_guide makes it)."""
@@ -104,13 +113,8 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
 
   def fn(params, keys, context):
-    if s.autoguidance:
-      model_fn = denoiser.autoguided(models.network_fn(model, params.params),
-                                     models.network_fn(model, params.guide), s.autoguidance)
-    else:
-      model_fn = models.network_fn(model, params)
     denoise = denoiser.make_denoiser(
-        model_fn=model_fn, context=context,
+        model_fn=network(model, params, s.autoguidance), context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         guidance_logsnr=s.guidance_logsnr,
         threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
