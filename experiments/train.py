@@ -164,8 +164,10 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
   key = state_lib.train_key(config.seed)
   writer = logs.Writer(workdir, first_step=step)
   progress = logs.Progress(step, total, train_cfg.batch_size)
+  window = parallel.Window()
   while step < total:
     state, metrics = step_fn(state, images, labels, key)
+    window.add(metrics)
     before, step = step, step + per_dispatch
     done, stopping = step >= total, stop.requested(step)
     draw, judge = (crossed(before, step, n) and not done

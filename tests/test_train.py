@@ -158,6 +158,25 @@ def test_train_step_on_8_devices_matches_1_device(data_dir):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), p1, p8)
 
 
+def test_the_dispatch_window_waits_for_the_call_depth_back_and_no_other():
+  """Training loops keep at most `depth` steps queued (an unbounded queue hangs XLA:CPU's
+  all-to-all between host-platform devices): add() waits for exactly the oldest call, once."""
+
+  class Call:
+    def __init__(self, name):
+      self.name = name
+
+    def block_until_ready(self):
+      waited.append(self.name)
+      return self
+
+  waited = []
+  window = parallel.Window(depth=2)
+  for name in 'abcde':
+    window.add({'loss': Call(name)})
+  assert waited == ['a', 'b', 'c']  # d and e may still run: the host stays two calls ahead
+
+
 def test_bf16_training_stays_finite_on_the_smoke_preset(data_dir):
   """bf16 compute (float32 parameters) for a few steps of the smoke preset's network (the UNet's
   bf16 forward pass: tests/test_unet.py): finite loss, gradients and float32 state."""

@@ -6,6 +6,7 @@ device by index (runtime/train_step.py): nothing is fed per step, and a step see
 examples at any device or host count. Feeding each host its share of a global batch
 (jax.make_array_from_process_local_data) pays off once a split no longer fits on a device.
 """
+import collections
 import os
 
 import jax
@@ -30,6 +31,26 @@ def configure_cpu_devices(requested: int, batch_size: int) -> int:
   if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
     jax.config.update('jax_num_cpu_devices', requested)
   return requested
+
+
+class Window:
+  """Keeps at most `depth` dispatched calls unfinished: add(out) waits for the call `depth` back.
+
+  JAX returns from a jitted call before it runs, so a loop of train steps that never reads a
+  result queues all of them. XLA:CPU (jax 0.10.2) then runs the queued steps' collectives on
+  its shared thread pool and, with the CPU split into devices, the devices' all-to-all can wait
+  on each other for good ("Termination timeout ... all to all" and an abort): the cpu preset's
+  step, 600 calls queued, hung 2 runs of 2 on 2 cores; read every 100 or every call, 0 of 8.
+  Two calls in flight still hide the host's dispatch time on every backend.
+  """
+
+  def __init__(self, depth: int = 2):
+    self.depth, self._pending = depth, collections.deque()
+
+  def add(self, out) -> None:
+    self._pending.append(out)
+    if len(self._pending) > self.depth:
+      jax.block_until_ready(self._pending.popleft())
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -149,8 +149,10 @@ def _loop(configs, workdirs, states, data, model, mngrs, mesh, stop) -> list:
   with contextlib.ExitStack() as closing:  # the logs closed however the loop ends
     writers = [closing.enter_context(contextlib.closing(logs.Writer(w, first_step=step)))
                for w in workdirs]
+    window = parallel.Window()
     while step < cfg.steps:
       stacked, metrics = step_fn(stacked, images, labels, keys, settings)
+      window.add(metrics)
       before, step = step, step + per_dispatch
       done, stopping = step >= cfg.steps, stop.requested(step)
       draw = not done and any(train.crossed(before, step, n) for c in configs
