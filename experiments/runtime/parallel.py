@@ -40,7 +40,8 @@ class Window:
   result queues all of them. XLA:CPU (jax 0.10.2) then runs the queued steps' collectives on
   its shared thread pool and, with the CPU split into devices, the devices' all-to-all can wait
   on each other for good ("Termination timeout ... all to all" and an abort): the cpu preset's
-  step, 600 calls queued, hung 2 runs of 2 on 2 cores; read every 100 or every call, 0 of 8.
+  step, 600 calls queued, hung 2 runs of 2 on 2 cores; read every 100 or every call, 0 of 8;
+  with this window, 0 of 5.
   Two calls in flight still hide the host's dispatch time on every backend.
   """
 
