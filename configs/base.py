@@ -101,6 +101,9 @@ def _sample() -> ml_collections.ConfigDict:
   s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi, e.g. '-2,3'; '' = all
   s.autoguidance = 0.0   # a: (1 + a) D - a D_guide, D_guide the same run's weights at guide_step; 0 = off
   s.guide_step = 0       # the step whose (EMA) weights guide; training keeps that checkpoint for good
+  s.refine_draws = 0     # > 0: the drawn sprites noised again to refine_logsnr this many times,
+                         # denoised, and averaged (speckle that follows the noise averages away)
+  s.refine_logsnr = 4.0  # the nearly clean level of that last pass
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)

@@ -75,7 +75,7 @@ def _cpu(c):
   # classes as typical; DawnLike grain 0.161 and 0.155 against 0.164 and 0.161, FID 1.11 and
   # 0.89 against 1.19 and 1.08 (README, Ablations). Guides from later checkpoints (800-3,000 steps) left more grain.
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
-                  autoguidance=0.5, guide_step=400, per_class=12)
+                  autoguidance=0.5, guide_step=400, per_class=12, refine_draws=8, refine_logsnr=4.0)
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 
 

@@ -185,6 +185,33 @@ def _step_noise(keys: jax.Array, i: jax.Array, shape: tuple[int, ...]) -> jax.Ar
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i + 1), shape))(keys)
 
 
+REFINE_STREAM = 2**31 - 1  # fold_in index of refine's noise: beyond any step's (i + 1)
+
+
+def refine(denoise: Denoiser, x0: jax.Array, keys: jax.Array, *, t, logsnr, draws: int,
+           self_cond: bool = False) -> jax.Array:
+  """The mean of x0_hat over `draws` fresh noisings of the drawn sprites x0 at one nearly clean
+  level (t, logsnr): a last pass after the sampler, when draws > 0.
+
+  A sampler's result is an x0_hat from a nearly clean x_t, and a network's x0_hat keeps part of
+  the noise it was given: the part of its error that follows that noise shows as speckle in
+  flat regions. Noised again at `logsnr` and denoised, `draws` times with independent noise,
+  that part averages away (its variance falls as 1 / draws), while what the network knows of the
+  sprite is in every draw and stays: a Monte Carlo estimate of the denoiser smoothed over the
+  noise of that level. Noise from each sprite's own key, as the sampler's; inside jit.
+  """
+  alpha, sigma = alpha_sigma(jnp.asarray(logsnr, jnp.float32))
+  fresh = jax.vmap(lambda k, j: jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(k, REFINE_STREAM), j), x0.shape[1:]), (0, None))
+
+  def body(j, total):
+    x_t = alpha * x0 + sigma * fresh(keys, j)
+    x0_hat, _ = denoise(x_t, t, logsnr, x0) if self_cond else denoise(x_t, t, logsnr)
+    return total + x0_hat
+
+  return jax.lax.fori_loop(0, draws, body, jnp.zeros_like(x0)) / draws
+
+
 class Movie(NamedTuple):
   """The denoising movie: what the sampler saw at `frames` evenly spread steps."""
   x_t: jax.Array   # [frames, B, *shape] the state entering each recorded step

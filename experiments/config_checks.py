@@ -67,6 +67,7 @@ RANGES = {
     'sample.upscale': _COUNT, 'sample.sheet_colors': _NATURAL, 'sample.sheet_upscale': _COUNT,
     'sample.sheet_key': _within(0, 255), 'sample.palette': _NATURAL,
     'sample.logsnr_end': _within(0, 40),
+    'sample.refine_draws': _within(0, 1024), 'sample.refine_logsnr': _within(-20, 20),
     'show.sprites': _COUNT, 'show.forward_frames': _COUNT, 'show.mix_rows': _COUNT,
     'show.mix_steps': _at_least(2),
     'runtime.cpu_devices': _NATURAL,

@@ -108,7 +108,19 @@ def validate(config) -> None:
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
   _validate_logsnr_grid(config)
+  _validate_refine(config)
   config_checks.check_model(config, model(config.model, 1))
+
+
+def _validate_refine(config) -> None:
+  if not config.sample.refine_draws:
+    return
+  fn = logsnr_fn(config.diffusion)
+  first, last = (float(fn(jnp.float32(t))) for t in (1.0, 0.0))
+  _check(first < config.sample.refine_logsnr < last,
+         f'sample.refine_logsnr={config.sample.refine_logsnr:g}: the {config.diffusion.schedule} '
+         f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); the refining pass '
+         'must noise to a level strictly inside (a nearly clean one, such as 4).')
 
 
 def _validate_logsnr_grid(config) -> None:
@@ -253,7 +265,8 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
       guidance=sample.guidance if guidance is None else guidance,
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size,
-      self_cond=config.model.self_cond, autoguidance=sample.autoguidance)
+      self_cond=config.model.self_cond, autoguidance=sample.autoguidance,
+      refine_draws=sample.refine_draws, refine_logsnr=sample.refine_logsnr)
 
 
 # Models whose configs differ only in these keys (and in sample.* / eval.*) train as one vmapped

@@ -62,6 +62,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('model.patch', 0, 'model.patch=0: must be >= 1'),
     ('sample.autoguidance', 0.5, 'sample.autoguidance=0.5 needs sample.guide_step >= 1'),
     ('sample.autoguidance', -1.0, 'sample.autoguidance=-1'),
+    ('sample.refine_draws', -1, 'sample.refine_draws=-1'),
 ])
 def test_bad_values_fail_before_anything_runs(key, value, message):
   config = sprites.get_config('smoke')
@@ -163,9 +164,10 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   """Two draws of one model never share a file (a sweep reads its numbers back by this name)."""
   config = sprites.get_config('cpu')
   preset = sample.output_name(config, 8400)
-  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400'  # the README's, unchanged
+  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400_r4x8'  # the README's, unchanged
   names = {preset}
-  for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1)]:
+  for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1),
+                     ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0)]:
     changed = config.copy_and_resolve_references()
     changed.sample[key] = value
     if key == 'eta':
@@ -174,7 +176,7 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
     names.add(sample.output_name(changed, 8400))
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
-  assert len(names) == 7, names
+  assert len(names) == 10, names
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
@@ -195,6 +197,21 @@ def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
   config.sample.update(steps=20, logsnr_end=4.0)
   with pytest.raises(ValueError, match='set one of them'):
     from_config.validate(config)
+
+
+def test_the_refining_level_is_checked_against_the_schedule():
+  config = sprites.get_config('cpu')  # cosine: logSNR -20 at t = 1, +inf at t = 0
+  assert (from_config.sampling(config).refine_draws, from_config.sampling(config).refine_logsnr) \
+      == (8, 4.0)
+  config.sample.refine_logsnr = 30.0
+  with pytest.raises(ValueError, match=r'sample.refine_logsnr=30.0: must be in \[-20, 20\]'):
+    from_config.validate(config)
+  config.diffusion.update(schedule='linear', timesteps=500)  # logSNR -10.1 at t = 1
+  config.sample.refine_logsnr = -15.0
+  with pytest.raises(ValueError, match='sample.refine_logsnr=-15: the linear schedule'):
+    from_config.validate(config)
+  config.sample.refine_draws = 0  # off: the level is not used, so not checked
+  from_config.validate(config)
 
 
 @pytest.mark.parametrize('weight_decay', [0.0, 0.1])

@@ -229,6 +229,9 @@ def test_noise_left_is_zero_for_a_perfect_denoiser_and_one_for_one_that_does_not
     assert clip['noise_left'] == pytest.approx(clip['input_noise_left'], rel=1e-5)
     assert clip['grain'] == pytest.approx(clip['input_grain'])
     assert clip['noise_left'] < record['noise_left']  # clipping to [-1, 1] removes some
+  # Averaged over 4 noisings (sample.refine_draws), the do-nothing error keeps a quarter.
+  (averaged,) = noise_left.measure(nothing, x0, logsnr_fn, [2.0], key, draws=4)
+  assert averaged['noise_left'] == pytest.approx(0.25, abs=0.02) and averaged['draws'] == 4
 
 
 def test_noise_left_measures_a_trained_run_plain_and_guided_and_fails_clearly(tmp_path, data_dir):

@@ -1,4 +1,5 @@
 """Pictures: the forward strip's statistics, alpha keying, palettes, atlases, and every file written."""
+import dataclasses
 import json
 import os
 import re
@@ -183,3 +184,19 @@ def test_repeated_indices_share_the_noise_and_only_the_context_changes(trained):
   np.testing.assert_array_equal(images[0], images[1])
   assert np.any(images[0] != images[2]) and np.any(images[0] != images[3])
   np.testing.assert_array_equal(images[0], draw(ctx[:1], indices=np.array([5]))[0])
+
+
+def test_refining_changes_the_sprites_but_not_the_sampler_s_movie(trained):
+  """sample.refine_draws is a pass after the sampler: the recorded steps stay as they were."""
+  config, workdir = trained
+  mesh = parallel.make_mesh()
+  _, params = drawing.restore_params(workdir, mesh, True, **from_config.state_kwargs(config, 8))
+  model, plain = from_config.model(config.model, 8), from_config.sampling(config)
+  context = np.eye(8, dtype=np.float32)[:4]
+  draw = lambda sampling: drawing.generate(drawing.make_sample_fn(model, sampling, mesh, 3),
+                                           params, 0, context, 4, mesh, 3)
+  images, movie = draw(plain)
+  refined, refined_movie = draw(dataclasses.replace(plain, refine_draws=2, refine_logsnr=3.0))
+  assert refined.shape == images.shape and np.any(refined != images)
+  for field in ('x_t', 'x0'):
+    np.testing.assert_array_equal(getattr(refined_movie, field), getattr(movie, field))

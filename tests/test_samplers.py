@@ -341,3 +341,43 @@ def test_dpmpp_2m_takes_a_first_order_last_step_on_finite_logsnr_grids():
   for steps, bound in ((10, 0.1), (20, 0.01)):
     out = _run(gaussian_denoiser(), logsnr_fn, 64, (2, 2, 1), steps, sampler='dpmpp_2m')
     assert np.abs(out - want).max() < bound, steps
+
+
+def _refine(denoise, x0, draws, n_keys=None, **kwargs):
+  keys = _keys(n_keys or x0.shape[0])
+  return np.asarray(jax.jit(lambda x, k: samplers.refine(denoise, x, k, t=0.1, logsnr=2.0,
+                                                         draws=draws, **kwargs))(x0, keys))
+
+
+def test_refine_averages_away_the_error_that_follows_the_noise():
+  """The do-nothing denoiser (x0_hat = x_t / alpha) errs by (sigma / alpha) eps in every draw:
+  the mean over K draws keeps x0 and 1 / K of that error's variance, exp(-logsnr)."""
+  def do_nothing(x_t, t, logsnr):
+    del t
+    alpha, _ = schedules.alpha_sigma(logsnr)
+    return x_t / alpha, None
+  x0 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (64, 8, 8, 3)), jnp.float32)
+  for draws in (1, 16):
+    err = _refine(do_nothing, x0, draws) - np.asarray(x0)
+    assert abs(err.mean()) < 0.02, draws
+    np.testing.assert_allclose(err.var() * draws / np.exp(-2.0), 1.0, rtol=0.1)
+
+
+def test_refine_keeps_what_the_denoiser_knows_and_draws_per_sprite():
+  target = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
+  x0 = jnp.zeros((5, 4, 4, 3))
+  np.testing.assert_allclose(_refine(oracle(target), x0, 4), np.broadcast_to(target, x0.shape),
+                             atol=1e-6)
+  denoise = gaussian_denoiser()
+  x0 = jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 3, 1)), jnp.float32)
+  np.testing.assert_allclose(_refine(denoise, x0[:2], 3), _refine(denoise, x0, 3)[:2], atol=1e-6)
+  assert not np.allclose(_refine(denoise, x0, 1), _refine(denoise, x0, 2))
+
+
+def test_refine_hands_a_self_conditioned_network_the_sprite_it_refines():
+  def plus_one(x_t, t, logsnr, x0_prev=None):
+    del t, logsnr
+    return x0_prev + 1.0, jnp.zeros_like(x_t)
+  x0 = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (3, 2, 2, 3)), jnp.float32)
+  np.testing.assert_allclose(_refine(plus_one, x0, 2, self_cond=True), np.asarray(x0) + 1.0,
+                             atol=1e-6)

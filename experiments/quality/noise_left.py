@@ -14,7 +14,7 @@ the sampler does, with the config's autoguidance and classifier-free guidance. A
 network is called twice, the second time with the first x0_hat, as a sampler's later steps are.
 
   python -m experiments.quality.noise_left --config=configs/sprites.py:cpu \\
-      --workdir=runs/sprites-cpu [--guided] [--logsnr=2,5,6]
+      --workdir=runs/sprites-cpu [--guided] [--logsnr=2,5,6] [--draws=16]
 """
 import json
 import math
@@ -31,20 +31,25 @@ from experiments.data import dataset
 from experiments.quality import grain
 from experiments.runtime import drawing, errors, logs, parallel
 
-def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array) -> list[dict]:
+def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
+            draws: int = 1) -> list[dict]:
   """One record per logSNR level: noise_left and grain of x0_hat = denoise(x_t, t, logsnr)[0]
   for sprites x0 [N, H, W, C] in [-1, 1] noised to that level (t where the schedule reaches it),
-  and of the do-nothing clip(x_t / alpha)."""
+  and of the do-nothing clip(x_t / alpha). draws > 1: x0_hat (and x_t) averaged over that many
+  noisings of each sprite, as sample.refine_draws does; the part of the error that follows the
+  noise shrinks, the rest stays."""
   n, records = x0.shape[0], []
   for i, level in enumerate(levels):
     logsnr = jnp.full((n,), level, jnp.float32)
     t = jnp.full((n,), samplers.time_at(logsnr_fn, level), jnp.float32)
-    x_t = gaussian.diffuse(x0=x0, eps=jax.random.normal(jax.random.fold_in(key, i), x0.shape),
-                           logsnr=logsnr)
     alpha, _ = schedules.alpha_sigma(logsnr[0])
-    record = {'logsnr': float(level)}
-    for name, x0_hat in (('', denoise(x_t, t, logsnr)[0]),
-                         ('input_', jnp.clip(x_t / alpha, -1.0, 1.0))):
+    x0_hat, x_t = jnp.zeros_like(x0), jnp.zeros_like(x0)
+    for j in range(draws):
+      eps = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), x0.shape)
+      noisy = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
+      x0_hat, x_t = x0_hat + denoise(noisy, t, logsnr)[0] / draws, x_t + noisy / draws
+    record = {'logsnr': float(level), 'draws': draws}
+    for name, x0_hat in (('', x0_hat), ('input_', jnp.clip(x_t / alpha, -1.0, 1.0))):
       record[name + 'noise_left'] = float(jnp.mean(jnp.square(x0_hat - x0))) / math.exp(-level)
       record[name + 'grain'] = grain.grain(dataset.to_uint8(np.asarray(x0_hat)))
     records.append(record)
@@ -118,8 +123,10 @@ def main(argv):
     print(json.dumps({'workdir': workdir, 'step': step, 'guided': args.guided,
                       'sprites': len(test.images), 'clean_grain': grain.grain(test.images)}),
           flush=True)
+    if args.draws < 1:
+      raise ValueError(f'--draws={args.draws}: average over at least one noising.')
     for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)), logsnr_fn,
-                          levels, jax.random.key(args.seed)):
+                          levels, jax.random.key(args.seed), args.draws):
       print(json.dumps(record), flush=True)
 
 
@@ -131,5 +138,7 @@ if __name__ == '__main__':
   flags.DEFINE_bool('guided', False, 'With the config\'s autoguidance and classifier-free '
                     'guidance, as the sampler draws.')
   flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
+  flags.DEFINE_integer('draws', 1, 'Average x0_hat over this many noisings of each sprite, as '
+                       'sample.refine_draws does.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -36,6 +36,8 @@ class Sampling:
   self_cond: bool = False  # the network also takes the last x0_hat
   logsnr_grid: tuple[float, float] | None = None  # steps uniform in logSNR over (lo, hi); None: in t
   autoguidance: float = 0.0  # > 0: params are (weights, guide weights), see with_guide
+  refine_draws: int = 0  # > 0: the result averaged over this many re-noisings (samplers.refine)
+  refine_logsnr: float = 4.0  # ... at this noise level
 
 
 class Guided(NamedTuple):
@@ -111,6 +113,7 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   params a Guided pair when sampling.autoguidance > 0 (with_guide makes it)."""
   s = sampling  # pylint: disable=invalid-name
   grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
+  t_refine = float(samplers.time_at(s.logsnr_fn, s.refine_logsnr)) if s.refine_draws else 0.0
 
   def fn(params, keys, context):
     denoise = denoiser.make_denoiser(
@@ -118,9 +121,15 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         guidance_logsnr=s.guidance_logsnr,
         threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
-    return samplers.sample(denoise=denoise, grid=grid, keys=keys,
-                           shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
-                           frames=frames, self_cond=s.self_cond)
+    out = samplers.sample(denoise=denoise, grid=grid, keys=keys,
+                          shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
+                          frames=frames, self_cond=s.self_cond)
+    if not s.refine_draws:
+      return out
+    x, movie = out if frames else (out, None)
+    x = samplers.refine(denoise, x, keys, t=t_refine, logsnr=s.refine_logsnr,
+                        draws=s.refine_draws, self_cond=s.self_cond)
+    return (x, movie) if frames else x
 
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   if not frames:
@@ -250,16 +259,18 @@ def logsnr_span(spec: str) -> tuple[float, float] | None:
 
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
                 guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0,
-                logsnr_grid: str = '', autoguidance: float = 0.0, guide_step: int = 0) -> str:
-  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_p32][_raw]': what drew a set of
-  sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps uniform in logSNR
-  over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; _raw: the trained weights,
-  not their EMA)."""
+                logsnr_grid: str = '', autoguidance: float = 0.0, guide_step: int = 0,
+                refine_draws: int = 0, refine_logsnr: float = 4.0) -> str:
+  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8][_p32][_raw]': what drew a
+  set of sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps uniform in
+  logSNR over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; r4x8: the result
+  averaged over 8 re-noisings at logSNR 4; _raw: the trained weights, not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
   suffix = (f'_g{guidance:g}{interval}' if guidance else '')
   suffix += f'_ag{autoguidance:g}s{guide_step}' if autoguidance else ''
+  suffix += f'_r{refine_logsnr:g}x{refine_draws}' if refine_draws else ''
   suffix += f'_p{palette}' if palette else ''
   suffix += '' if use_ema else '_raw'
   end = f'e{logsnr_end:g}' if logsnr_end else ''
