@@ -200,7 +200,8 @@ def refine(denoise: Denoiser, x0: jax.Array, keys: jax.Array, *, t, logsnr, draw
   sprite is in every draw and stays: a Monte Carlo estimate of the denoiser smoothed over the
   noise of that level. Noise from each sprite's own key, as the sampler's; inside jit.
   """
-  alpha, sigma = alpha_sigma(jnp.asarray(logsnr, jnp.float32))
+  logsnr = jnp.asarray(logsnr, jnp.float32)
+  alpha, sigma = alpha_sigma(logsnr)
   fresh = jax.vmap(lambda k, j: jax.random.normal(
       jax.random.fold_in(jax.random.fold_in(k, REFINE_STREAM), j), x0.shape[1:]), (0, None))
 
