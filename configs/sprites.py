@@ -77,8 +77,8 @@ def _cpu(c):
   # Then the refining pass (samplers.refine): the drawn sprites noised again to logSNR 4 eight
   # times, denoised and averaged, so the speckle that follows the noise averages away. On the
   # same models and noise (README, Results): grain 6-10% lower on all seven (emoji 0.119 and
-  # 0.122 against 0.129 and 0.133; DawnLike 0.141-0.146 against 0.155-0.161), recall as high or
-  # higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
+  # 0.122 against 0.129 and 0.133; DawnLike 0.141-0.146 against 0.155-0.161), recall within 0.01
+  # or higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
   # DawnLike seeds (1.42, 1.24, 1.44 against 1.59, 1.21, 1.62); 7 s more for 320 sprites.
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
                   autoguidance=0.5, guide_step=400, per_class=12, refine_draws=8, refine_logsnr=4.0)

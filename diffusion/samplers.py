@@ -199,7 +199,11 @@ def refine(denoise: Denoiser, x0: jax.Array, keys: jax.Array, *, t, logsnr, draw
   that part averages away (its variance falls as 1 / draws), while what the network knows of the
   sprite is in every draw and stays: a Monte Carlo estimate of the denoiser smoothed over the
   noise of that level. Noise from each sprite's own key, as the sampler's; inside jit.
+  self_cond: each draw calls the network twice, first without an earlier estimate, then with
+  that first x0_hat (not with x0: a network handed the drawn sprite may copy its speckle back).
   """
+  if draws < 1:
+    raise ValueError(f'refine: draws={draws}; average over at least one noising.')
   logsnr = jnp.asarray(logsnr, jnp.float32)
   alpha, sigma = alpha_sigma(logsnr)
   fresh = jax.vmap(lambda k, j: jax.random.normal(
@@ -207,7 +211,10 @@ def refine(denoise: Denoiser, x0: jax.Array, keys: jax.Array, *, t, logsnr, draw
 
   def body(j, total):
     x_t = alpha * x0 + sigma * fresh(keys, j)
-    x0_hat, _ = denoise(x_t, t, logsnr, x0) if self_cond else denoise(x_t, t, logsnr)
+    x0_hat, _ = denoise(x_t, t, logsnr, jnp.zeros_like(x0)) if self_cond else \
+        denoise(x_t, t, logsnr)
+    if self_cond:
+      x0_hat, _ = denoise(x_t, t, logsnr, jnp.clip(x0_hat, -1.0, 1.0))
     return total + x0_hat
 
   return jax.lax.fori_loop(0, draws, body, jnp.zeros_like(x0)) / draws

@@ -196,7 +196,12 @@ def test_refining_changes_the_sprites_but_not_the_sampler_s_movie(trained):
   draw = lambda sampling: drawing.generate(drawing.make_sample_fn(model, sampling, mesh, 3),
                                            params, 0, context, 4, mesh, 3)
   images, movie = draw(plain)
-  refined, refined_movie = draw(dataclasses.replace(plain, refine_draws=2, refine_logsnr=3.0))
+  refining = dataclasses.replace(plain, refine_draws=2, refine_logsnr=3.0)
+  refined, refined_movie = draw(refining)
   assert refined.shape == images.shape and np.any(refined != images)
   for field in ('x_t', 'x0'):
     np.testing.assert_array_equal(getattr(refined_movie, field), getattr(movie, field))
+  # Without a movie (what eval and show draw), the same sprites.
+  no_movie, _ = drawing.generate(drawing.make_sample_fn(model, refining, mesh, 0), params, 0,
+                                 context, 4, mesh, 0)
+  np.testing.assert_array_equal(no_movie, refined)

@@ -374,10 +374,29 @@ def test_refine_keeps_what_the_denoiser_knows_and_draws_per_sprite():
   assert not np.allclose(_refine(denoise, x0, 1), _refine(denoise, x0, 2))
 
 
-def test_refine_hands_a_self_conditioned_network_the_sprite_it_refines():
+def test_refine_hands_a_self_conditioned_network_its_own_first_estimate_not_the_sprite():
+  """x0_prev + 1 answers 1 to zeros, then 1 + 1 to its own (clipped) first answer, whatever x0."""
   def plus_one(x_t, t, logsnr, x0_prev=None):
     del t, logsnr
     return x0_prev + 1.0, jnp.zeros_like(x_t)
   x0 = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (3, 2, 2, 3)), jnp.float32)
-  np.testing.assert_allclose(_refine(plus_one, x0, 2, self_cond=True), np.asarray(x0) + 1.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(_refine(plus_one, x0, 2, self_cond=True), 2.0, atol=1e-6)
+
+
+def test_refine_draws_noise_the_sampler_never_used():
+  """Read back through the do-nothing denoiser, the refining noise is neither a sprite's
+  starting noise nor any step's (a reused stream would correlate the pass with the sampler)."""
+  def do_nothing(x_t, t, logsnr):
+    del t
+    alpha, _ = schedules.alpha_sigma(logsnr)
+    return x_t / alpha, None
+  keys, shape = _keys(4), (8, 8, 3)
+  alpha, sigma = (float(v) for v in schedules.alpha_sigma(jnp.float32(2.0)))
+  eps = (_refine(do_nothing, jnp.zeros((4,) + shape), 1) * alpha / sigma).reshape(4, -1)
+  used = [samplers.initial_noise(keys, shape)] + [
+      samplers._step_noise(keys, jnp.asarray(i), shape) for i in range(50)]  # pylint: disable=protected-access
+  for noise in used:
+    corr = np.sum(eps * np.asarray(noise).reshape(4, -1), 1) / (
+        np.linalg.norm(eps, axis=1) * np.linalg.norm(np.asarray(noise).reshape(4, -1), axis=1))
+    assert np.all(np.abs(corr) < 0.5), corr
+  assert abs(np.std(eps) - 1.0) < 0.15  # and it is standard normal noise

@@ -45,7 +45,8 @@ def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
     alpha, _ = schedules.alpha_sigma(logsnr[0])
     x0_hat, x_t = jnp.zeros_like(x0), jnp.zeros_like(x0)
     for j in range(draws):
-      eps = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), x0.shape)
+      level_key = jax.random.fold_in(key, i)  # the first draw's noise as before --draws existed
+      eps = jax.random.normal(jax.random.fold_in(level_key, j) if j else level_key, x0.shape)
       noisy = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
       x0_hat, x_t = x0_hat + denoise(noisy, t, logsnr)[0] / draws, x_t + noisy / draws
     record = {'logsnr': float(level), 'draws': draws}
@@ -113,6 +114,8 @@ def main(argv):
     from_config.validate(config)
     logsnr_fn = from_config.logsnr_fn(config.diffusion)
     levels = check_levels(args.logsnr, logsnr_fn)
+    if args.draws < 1:
+      raise ValueError(f'--draws={args.draws}: average over at least one noising.')
     train, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
     if len(test.images) == 0:
       raise ValueError('The test split is empty: noise_left measures on held-out sprites.')
@@ -123,8 +126,6 @@ def main(argv):
     print(json.dumps({'workdir': workdir, 'step': step, 'guided': args.guided,
                       'sprites': len(test.images), 'clean_grain': grain.grain(test.images)}),
           flush=True)
-    if args.draws < 1:
-      raise ValueError(f'--draws={args.draws}: average over at least one noising.')
     for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)), logsnr_fn,
                           levels, jax.random.key(args.seed), args.draws):
       print(json.dumps(record), flush=True)
