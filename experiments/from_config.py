@@ -112,11 +112,16 @@ def validate(config) -> None:
   config_checks.check_model(config, model(config.model, 1))
 
 
+def _schedule_span(diffusion) -> tuple[float, float]:
+  """(logSNR at t = 1, logSNR at t = 0) of the configured schedule."""
+  fn = logsnr_fn(diffusion)
+  return float(fn(jnp.float32(1.0))), float(fn(jnp.float32(0.0)))
+
+
 def _validate_refine(config) -> None:
   if not config.sample.refine_draws:
     return
-  fn = logsnr_fn(config.diffusion)
-  first, last = (float(fn(jnp.float32(t))) for t in (1.0, 0.0))
+  first, last = _schedule_span(config.diffusion)
   _check(first < config.sample.refine_logsnr < last,
          f'sample.refine_logsnr={config.sample.refine_logsnr:g}: the {config.diffusion.schedule} '
          f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); the refining pass '
@@ -133,13 +138,12 @@ def _validate_logsnr_grid(config) -> None:
   _check(config.sample.steps >= 3,
          f'sample.logsnr_grid={config.sample.logsnr_grid!r} needs sample.steps >= 3 (got '
          f'{config.sample.steps}): fewer steps leave no room for both lo and hi.')
-  fn = logsnr_fn(config.diffusion)
-  first, last = (float(fn(jnp.float32(t))) for t in (1.0, 0.0))
+  first, last = _schedule_span(config.diffusion)
   _check(first < span[0] and span[1] < last,
          f'sample.logsnr_grid={config.sample.logsnr_grid!r}: the {config.diffusion.schedule} '
          f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); lo and hi must lie '
          'strictly inside, so that every step moves.')
-  ts = samplers.time_grid(fn, config.sample.steps, logsnr_span=span)[0]
+  ts = samplers.time_grid(logsnr_fn(config.diffusion), config.sample.steps, logsnr_span=span)[0]
   _check(bool(jnp.all(jnp.diff(ts) < 0)),
          f'sample.logsnr_grid={config.sample.logsnr_grid!r}: with {config.sample.steps} steps some '
          'land on the same time (lo and hi too close, or too near an end of the schedule); widen '
