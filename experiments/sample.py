@@ -45,13 +45,13 @@ def snap_to_palette(images: np.ndarray, train_images: np.ndarray, k: int) -> np.
 
 
 def write_outputs(path_stem: str, images, labels, context, class_names, rows: int, movie,
-                  upscale: int, sampler: str = '', steps: int = 1) -> None:
+                  upscale: int, sampler: str = '', steps: int = 1, after: str = '') -> None:
   canvas.save_png(path_stem + '.png', canvas.grid(images, rows), upscale)
   np.savez_compressed(path_stem + '.npz', images=images, labels=labels, contexts=context,
                       class_names=np.asarray(class_names, dtype=str))
   if movie is not None:
     canvas.save_gif(path_stem + '.gif',
-                    denoising.movie_frames(images, movie, rows, upscale, sampler, steps))
+                    denoising.movie_frames(images, movie, rows, upscale, sampler, steps, after))
 
 
 def write_sheet(path_stem: str, images, class_names, sample_cfg) -> str:
@@ -84,8 +84,12 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
       config, step or 0, drawing.guide_step(workdir, sample_cfg)))
   with hosts.then_barrier('samples written'):
     if files.is_writer():
+      refined = (f'refined ({sample_cfg.refine_draws} x logSNR {sample_cfg.refine_logsnr:g})'
+                 if sample_cfg.refine_draws else '')
       write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
-                    sample_cfg.sampler, sample_cfg.steps)
+                    sample_cfg.sampler, sample_cfg.steps,
+                    ' and '.join(filter(None, [refined, f'snapped to {sample_cfg.palette} colors'
+                                                  if sample_cfg.palette else ''])))
       if sample_cfg.sheet:
         write_sheet(stem, images, class_names, sample_cfg)
       logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)

@@ -11,9 +11,9 @@ from scipy import stats
 
 from conftest import tiny_config
 from configs import sprites
-from diffusion import schedules
+from diffusion import samplers, schedules
 from experiments import from_config, show, train
-from experiments.pictures import forward_process, sprite_sheet
+from experiments.pictures import denoising, forward_process, sprite_sheet
 from experiments.runtime import drawing, parallel
 
 WHITE, INK = (255, 255, 255), (20, 20, 20)
@@ -205,3 +205,12 @@ def test_refining_changes_the_sprites_but_not_the_sampler_s_movie(trained):
   no_movie, _ = drawing.generate(drawing.make_sample_fn(model, refining, mesh, 0), params, 0,
                                  context, 4, mesh, 0)
   np.testing.assert_array_equal(no_movie, refined)
+
+
+def test_the_movie_s_last_frame_says_what_was_done_after_the_sampler():
+  images = np.full((2, 16, 16, 3), 255, np.uint8)
+  movie = samplers.Movie(images[None], images[None], np.array([0]), np.array([1.0]))
+  plain, after = (denoising.movie_frames(images, movie, 1, 2, 'ddim', 4, note)
+                  for note in ('', 'refined (8 x logSNR 4)'))
+  np.testing.assert_array_equal(plain[0], after[0])  # the sampler's own frames are untouched
+  assert plain[-1].shape != after[-1].shape or np.any(plain[-1] != after[-1])
