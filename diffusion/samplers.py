@@ -211,10 +211,11 @@ def refine(denoise: Denoiser, x0: jax.Array, keys: jax.Array, *, t, logsnr, draw
 
   def body(j, total):
     x_t = alpha * x0 + sigma * fresh(keys, j)
-    x0_hat, _ = denoise(x_t, t, logsnr, jnp.zeros_like(x0)) if self_cond else \
-        denoise(x_t, t, logsnr)
     if self_cond:
-      x0_hat, _ = denoise(x_t, t, logsnr, jnp.clip(x0_hat, -1.0, 1.0))
+      first, _ = denoise(x_t, t, logsnr, jnp.zeros_like(x0))
+      x0_hat, _ = denoise(x_t, t, logsnr, jnp.clip(first, -1.0, 1.0))
+    else:
+      x0_hat, _ = denoise(x_t, t, logsnr)
     return total + x0_hat
 
   return jax.lax.fori_loop(0, draws, body, jnp.zeros_like(x0)) / draws
