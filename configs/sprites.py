@@ -60,7 +60,7 @@ def _cpu(c):
                      min_snr_gamma=5.0)
   # Batch 32, not 64: XLA:CPU's speed per sprite barely depends on the batch, so twice the updates
   # for the same sprites; over two seeds as close to real on FID, recall a little higher, fills a
-  # little flatter to the eye (README, Ablations). 8,400 steps: 9.5-10.7 minutes of 2 cores.
+  # little flatter to the eye (README, Ablations). 8,400 steps: 9-11 minutes of 2 cores.
   # At most 250 passes over the training split: binds only below 1,074 sprites (the emoji get 185).
   # 736 passes over 174 emoji drew them back almost pixel for pixel; 250 left no near copies,
   # but samples still lean towards the training sprites (README, Presets).
