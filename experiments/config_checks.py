@@ -7,6 +7,7 @@ orbax with a message that names no key. Each row says what the key must be, in w
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
@@ -111,6 +112,35 @@ def check_values(config) -> None:
     a, b = get(config, low), get(config, high)
     if not (a < b or (a == b and low == 'diffusion.beta_start')):  # constant betas are fine
       raise ValueError(f'{low}={a!r} must be below {high}={b!r}.')
+
+
+def check_noise_levels(config, logsnr_fn, span: tuple[float, float] | None) -> None:
+  """Raise ValueError naming the sample.* key that puts a noise level outside the configured
+  schedule (logsnr_fn): the logSNR grid (`span`, sample.logsnr_grid parsed; None when unset)
+  and the refining pass's level."""
+  first, last = float(logsnr_fn(jnp.float32(1.0))), float(logsnr_fn(jnp.float32(0.0)))
+  sample, schedule = config.sample, config.diffusion.schedule
+  runs = f'the {schedule} schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0)'
+  if sample.refine_draws and not first < sample.refine_logsnr < last:
+    raise ValueError(f'sample.refine_logsnr={sample.refine_logsnr:g}: {runs}; the refining pass '
+                     'must noise to a level strictly inside (a nearly clean one, such as 4).')
+  if span is None:
+    return
+  grid = f'sample.logsnr_grid={sample.logsnr_grid!r}'
+  if sample.logsnr_end:
+    raise ValueError(f'{grid} and sample.logsnr_end={sample.logsnr_end:g} both place the steps: '
+                     'set one of them.')
+  if sample.steps < 3:
+    raise ValueError(f'{grid} needs sample.steps >= 3 (got {sample.steps}): fewer steps leave no '
+                     'room for both lo and hi.')
+  if not (first < span[0] and span[1] < last):
+    raise ValueError(f'{grid}: {runs}; lo and hi must lie strictly inside, so that every step '
+                     'moves.')
+  ts = samplers.time_grid(logsnr_fn, sample.steps, logsnr_span=span)[0]
+  if not bool(jnp.all(jnp.diff(ts) < 0)):
+    raise ValueError(f'{grid}: with {sample.steps} steps some land on the same time (lo and hi '
+                     'too close, or too near an end of the schedule); widen the span or take '
+                     'fewer steps.')
 
 
 _BUILT: dict = {}  # (model section, image size) -> why it cannot be built ('' if it can)

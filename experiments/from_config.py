@@ -107,47 +107,9 @@ def validate(config) -> None:
          'ContextUnet has no input for its earlier estimate.')
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
-  _validate_logsnr_grid(config)
-  _validate_refine(config)
+  config_checks.check_noise_levels(config, logsnr_fn(config.diffusion),
+                                   drawing.logsnr_span(sample.logsnr_grid))
   config_checks.check_model(config, model(config.model, 1))
-
-
-def _schedule_span(diffusion) -> tuple[float, float]:
-  """(logSNR at t = 1, logSNR at t = 0) of the configured schedule."""
-  fn = logsnr_fn(diffusion)
-  return float(fn(jnp.float32(1.0))), float(fn(jnp.float32(0.0)))
-
-
-def _validate_refine(config) -> None:
-  if not config.sample.refine_draws:
-    return
-  first, last = _schedule_span(config.diffusion)
-  _check(first < config.sample.refine_logsnr < last,
-         f'sample.refine_logsnr={config.sample.refine_logsnr:g}: the {config.diffusion.schedule} '
-         f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); the refining pass '
-         'must noise to a level strictly inside (a nearly clean one, such as 4).')
-
-
-def _validate_logsnr_grid(config) -> None:
-  span = drawing.logsnr_span(config.sample.logsnr_grid)
-  if span is None:
-    return
-  _check(not config.sample.logsnr_end,
-         f'sample.logsnr_grid={config.sample.logsnr_grid!r} and sample.logsnr_end='
-         f'{config.sample.logsnr_end:g} both place the steps: set one of them.')
-  _check(config.sample.steps >= 3,
-         f'sample.logsnr_grid={config.sample.logsnr_grid!r} needs sample.steps >= 3 (got '
-         f'{config.sample.steps}): fewer steps leave no room for both lo and hi.')
-  first, last = _schedule_span(config.diffusion)
-  _check(first < span[0] and span[1] < last,
-         f'sample.logsnr_grid={config.sample.logsnr_grid!r}: the {config.diffusion.schedule} '
-         f'schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); lo and hi must lie '
-         'strictly inside, so that every step moves.')
-  ts = samplers.time_grid(logsnr_fn(config.diffusion), config.sample.steps, logsnr_span=span)[0]
-  _check(bool(jnp.all(jnp.diff(ts) < 0)),
-         f'sample.logsnr_grid={config.sample.logsnr_grid!r}: with {config.sample.steps} steps some '
-         'land on the same time (lo and hi too close, or too near an end of the schedule); widen '
-         'the span or take fewer steps.')
 
 
 def _validate_unet(model_cfg, image_size: int) -> None:

@@ -44,8 +44,8 @@ def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
     t = jnp.full((n,), samplers.time_at(logsnr_fn, level), jnp.float32)
     alpha, _ = schedules.alpha_sigma(logsnr[0])
     x0_hat, x_t = jnp.zeros_like(x0), jnp.zeros_like(x0)
+    level_key = jax.random.fold_in(key, i)  # the first draw's noise as before --draws existed
     for j in range(draws):
-      level_key = jax.random.fold_in(key, i)  # the first draw's noise as before --draws existed
       eps = jax.random.normal(jax.random.fold_in(level_key, j) if j else level_key, x0.shape)
       noisy = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
       x0_hat, x_t = x0_hat + denoise(noisy, t, logsnr)[0] / draws, x_t + noisy / draws
