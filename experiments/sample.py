@@ -54,6 +54,16 @@ def write_outputs(path_stem: str, images, labels, context, class_names, rows: in
                     denoising.movie_frames(images, movie, rows, upscale, sampler, steps, after))
 
 
+def _after_sampler(sample_cfg) -> str:
+  """What changed the sprites after the sampler's last step, for the movie's last frame."""
+  done = []
+  if sample_cfg.refine_draws:
+    done.append(f'refined ({sample_cfg.refine_draws} x logSNR {sample_cfg.refine_logsnr:g})')
+  if sample_cfg.palette:
+    done.append(f'snapped to {sample_cfg.palette} colors')
+  return ' and '.join(done)
+
+
 def write_sheet(path_stem: str, images, class_names, sample_cfg) -> str:
   """The sprite sheet and its atlas, one row per class (and mix) as in the grid."""
   names, classes = drawing.sprite_names(class_names, sample_cfg.per_class, sample_cfg.mix)
@@ -84,12 +94,8 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
       config, step or 0, drawing.guide_step(workdir, sample_cfg)))
   with hosts.then_barrier('samples written'):
     if files.is_writer():
-      refined = (f'refined ({sample_cfg.refine_draws} x logSNR {sample_cfg.refine_logsnr:g})'
-                 if sample_cfg.refine_draws else '')
       write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
-                    sample_cfg.sampler, sample_cfg.steps,
-                    ' and '.join(filter(None, [refined, f'snapped to {sample_cfg.palette} colors'
-                                                  if sample_cfg.palette else ''])))
+                    sample_cfg.sampler, sample_cfg.steps, _after_sampler(sample_cfg))
       if sample_cfg.sheet:
         write_sheet(stem, images, class_names, sample_cfg)
       logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)
