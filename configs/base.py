@@ -21,6 +21,7 @@ def _data() -> ml_collections.ConfigDict:
 def _model() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.name = 'context_unet'  # context_unet (the course's) | unet (ADM-style, attention, logSNR input)
+                           # | unet_mp (the UNet with EDM2's magnitude-preserving layers)
   s.n_feat = 64            # base channel width (unet: of its first level)
   s.channel_mult = (1, 2, 2)  # unet: width of each level (16, 8, 4 px at 16 px) as multiples of n_feat
   s.blocks = 2             # unet: residual blocks per level on the way down (one more on the way up)

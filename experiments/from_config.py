@@ -100,11 +100,13 @@ def validate(config) -> None:
   _check(config.data.image_size % 4 == 0 and config.data.image_size >= 8,
          f'data.image_size={config.data.image_size}: must be a multiple of 4, at least 8.')
   _validate_unet(config.model, config.data.image_size)
-  _check(config.model.name == 'unet' or config.model.patch == 1,
-         f'model.patch={config.model.patch} needs model.name=unet (got {config.model.name!r}).')
-  _check(config.model.name == 'unet' or not config.model.self_cond,
-         f'model.self_cond=True needs model.name=unet (got {config.model.name!r}): the course\'s '
-         'ContextUnet has no input for its earlier estimate.')
+  unet = is_unet(config.model.name)
+  _check(unet or config.model.patch == 1,
+         f'model.patch={config.model.patch} needs model.name=unet or unet_mp (got '
+         f'{config.model.name!r}).')
+  _check(unet or not config.model.self_cond,
+         f'model.self_cond=True needs model.name=unet or unet_mp (got {config.model.name!r}): '
+         'the course\'s ContextUnet has no input for its earlier estimate.')
   drawing.mix_weights(sample.mix)
   drawing.guidance_interval(sample.guidance_logsnr)
   config_checks.check_noise_levels(config, logsnr_fn(config.diffusion),
@@ -112,8 +114,13 @@ def validate(config) -> None:
   config_checks.check_model(config, model(config.model, 1))
 
 
+def is_unet(name: str) -> bool:
+  """The UNet or its magnitude-preserving variant: the models with the UNet's keys."""
+  return issubclass(models.get(name), models.UNet)
+
+
 def _validate_unet(model_cfg, image_size: int) -> None:
-  if model_cfg.name != 'unet':
+  if not is_unet(model_cfg.name):
     return
   levels = len(model_cfg.channel_mult)
   _check(levels >= 1 and min(model_cfg.channel_mult) >= 1,

@@ -81,6 +81,16 @@ def test_unet_patches_must_tile_the_sprite_and_its_levels():
     from_config.validate(config)
 
 
+def test_the_magnitude_preserving_unet_takes_the_unets_keys_and_checks():
+  config = sprites.get_config('cpu')
+  config.model.update(name='unet_mp', patch=2, self_cond=True)
+  from_config.validate(config)
+  assert type(from_config.model(config.model, 8)).__name__ == 'MPUNet'
+  config.model.patch = 8  # 16 px in patches of 8 cannot halve twice more
+  with pytest.raises(ValueError, match='model.patch=8 pixel patches'):
+    from_config.validate(config)
+
+
 def test_zero_terminal_snr_with_eps_prediction_is_refused():
   config = sprites.get_config('smoke')
   config.diffusion.zero_terminal_snr = True

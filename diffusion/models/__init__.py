@@ -6,9 +6,10 @@ schedule it was trained with.
 """
 from diffusion import registry
 from diffusion.models.context_unet import ContextUnet
+from diffusion.models.mp_unet import MPUNet
 from diffusion.models.unet import UNet
 
-MODELS = {'context_unet': ContextUnet, 'unet': UNet}
+MODELS = {'context_unet': ContextUnet, 'unet': UNet, 'unet_mp': MPUNet}
 
 
 def get(name: str):

@@ -170,22 +170,42 @@ class UNet(nn.Module):
   self_cond: bool = False  # also take x0_self [B, H, W, C], an earlier x0_hat (None: zeros)
   patch: int = 1  # p > 1: work on p x p pixel patches (space-to-depth), see the module docstring
 
-  def res(self, features, x, emb, train):
+  # The pieces a variant may swap (mp_unet.MPUNet); the level layout in __call__ stays.
+  def res(self, features, x, emb, train, decoder=False):
+    del decoder  # ADM's blocks are the same on both paths
     return ResBlock(features, self.dropout, self.dtype)(x, emb, train)
 
+  def attention_block(self, x):
+    return Attention(self.head_dim, self.dtype)(x)
+
   def attend(self, level, x):
-    return Attention(self.head_dim, self.dtype)(x) if level in self.attention else x
+    return self.attention_block(x) if level in self.attention else x
+
+  def embed(self, noise, context):
+    # SiLU once here instead of in every block: ADM applies it before each block's Dense.
+    return nn.silu(Embedding(4 * self.channels[0], self.dtype)(noise, context))
+
+  def stem(self, x):
+    return nn.Conv(self.channels[0], (3, 3), padding=1, dtype=self.dtype)(x.astype(self.dtype))
+
+  def join(self, h, skip):
+    return jnp.concatenate([h, skip], axis=-1)
+
+  def up(self, h, features):
+    return nn.Conv(features, (3, 3), padding=1, dtype=self.dtype)(upsample(h))
+
+  def head(self, h, features):
+    return zero_conv(features, 3, self.dtype)(nn.silu(norm(h, self.dtype)))
 
   @nn.compact
   def __call__(self, x, noise, context, train: bool = False, x0_self=None):
-    dt, last, out_channels = self.dtype, len(self.channels) - 1, x.shape[-1]
+    last, out_channels = len(self.channels) - 1, x.shape[-1]
     if self.self_cond:
       x = jnp.concatenate([x, jnp.zeros_like(x) if x0_self is None else x0_self], axis=-1)
     if self.patch > 1:
       x = to_patches(x, self.patch)
-    # SiLU once here instead of in every block: ADM applies it before each block's Dense.
-    emb = nn.silu(Embedding(4 * self.channels[0], dt)(noise, context))
-    h = nn.Conv(self.channels[0], (3, 3), padding=1, dtype=dt)(x.astype(dt))
+    emb = self.embed(noise, context)
+    h = self.stem(x)
     skips = [h]
     for level, features in enumerate(self.channels):
       for _ in range(self.blocks):
@@ -194,15 +214,14 @@ class UNet(nn.Module):
       if level < last:
         h = downsample(h)
         skips.append(h)
-    h = self.res(self.channels[-1], h, emb, train)
-    h = Attention(self.head_dim, dt)(h)
-    h = self.res(self.channels[-1], h, emb, train)
+    h = self.res(self.channels[-1], h, emb, train, decoder=True)
+    h = self.attention_block(h)
+    h = self.res(self.channels[-1], h, emb, train, decoder=True)
     for level, features in reversed(list(enumerate(self.channels))):
       for _ in range(self.blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = self.attend(level, self.res(features, h, emb, train))
+        h = self.join(h, skips.pop())
+        h = self.attend(level, self.res(features, h, emb, train, decoder=True))
       if level > 0:
-        h = nn.Conv(features, (3, 3), padding=1, dtype=dt)(upsample(h))
-    h = nn.silu(norm(h, dt))
-    out = zero_conv(out_channels * self.patch ** 2, 3, dt)(h).astype(dt)
+        h = self.up(h, features)
+    out = self.head(h, out_channels * self.patch ** 2).astype(self.dtype)
     return from_patches(out, self.patch) if self.patch > 1 else out
