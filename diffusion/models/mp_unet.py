@@ -1,13 +1,13 @@
 """The UNet with EDM2's magnitude-preserving layers (Karras et al. 2024, "Analyzing and Improving
-the Training Dynamics of Diffusion Models", its table 1's configs D, F and G, not E): a switch,
-`model.name=unet_mp`.
+the Training Dynamics of Diffusion Models", its table 1's configs D, F and G and part of C, not
+E): a switch, `model.name=unet_mp`.
 
 The same level layout as unet.UNet; what changes is how each layer treats magnitudes. EDM2
 found that in a standard UNet activations and weights drift in size over training, and
 normalisation layers hide it rather than stop it; it removes them and makes every layer keep
 unit-variance inputs at unit variance instead:
 - every conv and dense weight is normalised to unit norm per output channel in the forward
-  pass, so its scale cannot grow (no biases, no GroupNorm);
+  pass, so the stored weights' size does not matter (no biases, no GroupNorm);
 - SiLU is divided by 0.596, its output's RMS for unit-normal input;
 - residual sums and skip concatenations are weighted sums whose weights keep unit variance
   (res balance 0.3, attention 0.3, concatenation 0.5, EDM2's values);
@@ -18,8 +18,10 @@ unit-variance inputs at unit variance instead:
 
 Not taken: config E, forced weight normalisation of the stored weights with an inverse-square-
 root learning-rate decay (the forward pass normalises the weights either way; over a short run
-their slow growth acts as a gentle decay of the step, beside the presets' own decay), and
-EDM2's learned per-level loss weights. Adam's steps are relative to unit-size weights here, so
+their slow growth acts as a gentle decay of the step, beside the presets' own decay); config
+B's learned per-level loss weights; the clip of activations at +-256; and EDM2's downsampling
+blocks (the layout's 2x2 average pool goes to the skips as it is, a little under unit size,
+where EDM2's block would normalise it). Adam's steps are relative to unit-size weights here, so
 this network wants a higher learning rate than the ADM one (EDM2: 1e-2).
 """
 import math
@@ -47,7 +49,8 @@ def mp_sum(a: jax.Array, b: jax.Array, t: float) -> jax.Array:
 
 
 def mp_cat(a: jax.Array, b: jax.Array, t: float = CONCAT_BALANCE) -> jax.Array:
-  """Channel concatenation in which b carries share t of the total magnitude."""
+  """Channel concatenation weighting a by 1 - t and b by t (as mp_sum), whatever the channel
+  counts, rescaled to unit variance."""
   na, nb = a.shape[-1], b.shape[-1]
   scale = math.sqrt((na + nb) / ((1 - t) ** 2 + t ** 2))
   return jnp.concatenate([a * (scale * (1 - t) / math.sqrt(na)),
