@@ -30,7 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion.models.unet import LOGSNR_RANGE, UNet, fourier_features, upsample
+from diffusion.models.unet import (LOGSNR_RANGE, UNet, fourier_features, multi_head_attention,
+                                   upsample)
 
 RES_BALANCE = 0.3
 ATTN_BALANCE = 0.3
@@ -135,15 +136,9 @@ class MPAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    b, height, width, c = x.shape
-    heads = max(1, c // self.head_dim)
-    while c % heads:
-      heads -= 1
-    qkv = MPConv(3 * c, 1, self.dtype)(x).reshape(b, height * width, 3 * heads, c // heads)
-    q, k, v = jnp.split(pixel_norm(qkv), 3, axis=2)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(c // heads)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    h = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, height, width, c)
+    c = x.shape[-1]
+    h = multi_head_attention(MPConv(3 * c, 1, self.dtype)(x), self.head_dim, self.dtype,
+                             normalize=pixel_norm)
     return mp_sum(x, MPConv(c, 1, self.dtype)(h), ATTN_BALANCE)
 
 

@@ -115,17 +115,26 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    b, height, width, c = x.shape
-    heads = max(1, c // self.head_dim)
-    while c % heads:  # widths that head_dim does not divide get fewer, wider heads
-      heads -= 1
+    c = x.shape[-1]
     qkv = nn.Dense(3 * c, dtype=self.dtype)(norm(x, self.dtype))
-    q, k, v = jnp.split(qkv.reshape(b, height * width, 3 * heads, c // heads), 3, axis=2)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(c // heads)
-    # Softmax in float32: bf16 logits lose the small differences between positions.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    h = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, height, width, c)
+    h = multi_head_attention(qkv, self.head_dim, self.dtype)
     return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+
+
+def multi_head_attention(qkv: jax.Array, head_dim: int, dtype, normalize=None) -> jax.Array:
+  """[B, H, W, 3C] projected q, k, v -> [B, H, W, C]: softmax(q.k / sqrt(d)) v in each head of
+  head_dim channels (at least one head; widths that head_dim does not divide get fewer, wider
+  heads). `normalize`, if given, maps q, k and v per head first."""
+  b, height, width, c = qkv.shape[:3] + (qkv.shape[-1] // 3,)
+  heads = max(1, c // head_dim)
+  while c % heads:
+    heads -= 1
+  qkv = qkv.reshape(b, height * width, 3 * heads, c // heads)
+  q, k, v = jnp.split(qkv if normalize is None else normalize(qkv), 3, axis=2)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(c // heads)
+  # Softmax in float32: bf16 logits lose the small differences between positions.
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, height, width, c)
 
 
 def to_patches(x: jax.Array, p: int) -> jax.Array:
