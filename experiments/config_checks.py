@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion import denoiser, gaussian, losses, models, registry, samplers, schedules
+from experiments.quality import features
 from experiments.runtime import state
 
 SEED_LIMIT = 2**32  # jax.random.key and numpy generators take seeds below this
@@ -76,6 +77,8 @@ RANGES = {
     'eval.repeats': _COUNT, 'eval.seed': _SEED, 'eval.batch_size': _COUNT,
     'eval.feature_steps': _COUNT, 'eval.feature_seed': _SEED, 'eval.nearest_shown': _NATURAL,
     'eval.feature_width': _within(1, 128),
+    'eval.feature_version': (lambda x: type(x) is int and x in features.NORM,
+                             f'one of {", ".join(map(str, features.NORM))}'),
 }
 ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
            ('diffusion.sigma_min', 'diffusion.sigma_max'),

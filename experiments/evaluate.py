@@ -144,7 +144,7 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
 def feature_recipe(eval_cfg) -> features.Recipe:
   """The feature network eval.* asks for (its cache key)."""
   return features.Recipe(steps=eval_cfg.feature_steps, seed=eval_cfg.feature_seed,
-                         width=eval_cfg.feature_width)
+                         width=eval_cfg.feature_width, version=eval_cfg.feature_version)
 
 
 def run(config, workdir: str, *, params=None, step: int | None = None,

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
+from configs import sprites
 from diffusion import schedules
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
@@ -136,17 +137,34 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   np.testing.assert_array_equal(f1, f2)
 
 
+def test_eval_feature_version_picks_its_network():
+  config = sprites.get_config('smoke')
+  default = evaluate.feature_recipe(config.eval)
+  config.eval.feature_version = 3
+  normed = evaluate.feature_recipe(config.eval)
+  assert default.version == features.VERSION == 2 and not default.norm
+  assert normed.version == 3 and normed.norm
+  x = jnp.zeros((1, 16, 16, 3))
+  names = [set(features.SpriteNet(7, norm=r.norm).init(jax.random.key(0), x)['params'])
+           for r in (default, normed)]
+  assert names[1] - names[0] == {f'GroupNorm_{i}' for i in range(6)}  # one per convolution
+  with pytest.raises(ValueError, match='version 4'):
+    features.Recipe(version=4)
+
+
 def test_the_feature_cache_key_changes_with_every_setting():
   """A network trained with other settings is never read back as this one."""
   base = features.Recipe()
   changed = [features.Recipe(steps=2000), features.Recipe(seed=1), features.Recipe(width=8),
              features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3),
-             features.Recipe(pool='flatten')]
+             features.Recipe(pool='flatten'), features.Recipe(version=3)]
   folders = {features.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
   assert len(folders) == 1 + len(changed)
   assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
   assert features.cache_dir('/d', 'emoji', base) != features.cache_dir('/d', 'dawnlike', base)
   assert 'v2-steps3000-seed0' in features.cache_dir('/d', 'emoji', base)  # readable at a glance
+  # the folder of version 2's network as it was named before versions became a field: still read
+  assert base.key() == 'v2-steps3000-seed0-1b430893'
 
 
 @pytest.mark.parametrize('images, message', [

@@ -3,8 +3,9 @@ on the training split (features.cross_validate). One JSON line: the recipe, each
 class accuracy, their mean, and the seconds it took.
 
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu
+  python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu --version=2
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu \\
-      --steps=1000 --width=16 --pool=flatten            # version 1's network
+      --version=2 --steps=1000 --width=16 --pool=flatten   # version 1's network
 """
 import dataclasses
 import json
@@ -22,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset] 
 _STEPS = flags.DEFINE_integer('steps', features.Recipe.steps, 'Training steps.')
 _WIDTH = flags.DEFINE_integer('width', features.Recipe.width, 'First layer channels.')
 _POOL = flags.DEFINE_enum('pool', features.Recipe.pool, ['mean_max', 'flatten'], 'Last map.')
+_VERSION = flags.DEFINE_enum('version', str(features.VERSION), list(map(str, features.NORM)),
+                             'Feature network version (3: GroupNorm).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the network and its batches.')
 _FOLDS = flags.DEFINE_integer('folds', 4, 'Folds (groups of variants kept whole).')
 
@@ -36,7 +39,7 @@ def main(argv):
     if data.num_classes < 2:
       raise ValueError('cross-validation scores the class head: the data needs two classes.')
     recipe = features.Recipe(steps=_STEPS.value, seed=_SEED.value, width=_WIDTH.value,
-                             pool=_POOL.value)
+                             pool=_POOL.value, version=int(_VERSION.value))
     start = time.perf_counter()
     accuracies = features.cross_validate(data, recipe, _FOLDS.value)
     print(json.dumps({'data': _CONFIG.value.data.source, 'sprites': len(data.images),

@@ -15,7 +15,6 @@ import numpy as np
 from scipy import stats
 
 from experiments import evaluate, sample
-from experiments.quality import features
 from experiments.runtime import files
 from experiments.sweeps import plan, training
 
@@ -44,8 +43,7 @@ def evaluated(run: plan.Run) -> dict | None:
   comparable, so such a run is evaluated again instead of joining the table."""
   report = files.read_json(eval_path(run))
   recorded = report.get('feature_net', {})
-  wanted = {'version': features.VERSION,
-            **dataclasses.asdict(evaluate.feature_recipe(run.config.eval))}
+  wanted = dataclasses.asdict(evaluate.feature_recipe(run.config.eval))
   if not report or any(recorded.get(k) != v for k, v in wanted.items()):
     return None
   return report
