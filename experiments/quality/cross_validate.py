@@ -3,9 +3,9 @@ on the training split (features.cross_validate). One JSON line: the recipe, each
 class accuracy, their mean, and the seconds it took.
 
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu
-  python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu --version=2
+  python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu --version=3
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu \\
-      --version=2 --steps=1000 --width=16 --pool=flatten   # version 1's network
+      --steps=1000 --width=16 --pool=flatten            # version 1's network
 """
 import dataclasses
 import json

@@ -73,6 +73,7 @@ class SpriteNet(nn.Module):
     return features, nn.Dense(self.num_classes)(features), nn.Dense(len(DAMAGES))(features)
 
   def _norm(self, x: jax.Array) -> jax.Array:
+    # 8 groups where the width allows: eval.feature_width need not be a multiple of 8
     return nn.GroupNorm(math.gcd(8, x.shape[-1]))(x) if self.norm else x
 
 
