@@ -1,4 +1,5 @@
 """--mode=eval end to end on a tiny run; the floor; the audit on real copies; bad input fails."""
+import dataclasses
 import json
 import os
 
@@ -118,10 +119,11 @@ def test_samples_follow_the_training_class_proportions():
   assert len(drawn) == 25 and list(evaluate.proportional_labels(labels, 0, 3)) == [-1, -1, -1]
 
 
-def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
+@pytest.mark.parametrize('version', [2, 3])
+def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir, version):
   config = _eval_config(data_dir)
   real = dataset.load(config.data, 'train')
-  recipe = features.Recipe(steps=3, seed=0, batch_size=8)
+  recipe = features.Recipe(steps=3, seed=0, batch_size=8, version=version)
   a = features.train_params(real.images[:64], real.labels[:64], 8, recipe)
   b = features.train_params(real.images[:64], real.labels[:64], 8, recipe)
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -132,9 +134,13 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir):
   again = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
   assert first.info['batch_size'] == 8 and first.info['width'] == 32
-  assert first.info['pool'] == 'mean_max' and first.info['version'] == features.VERSION
+  assert first.info['pool'] == 'mean_max' and first.info['version'] == version
+  assert f'-v{version}-' in folder and first.norm == again.norm == (version == 3)
   f1, f2 = features.embed(first, test.images[:10])[0], features.embed(again, test.images[:10])[0]
   np.testing.assert_array_equal(f1, f2)
+  if version == 3:  # embedding normalises: the same weights read without GroupNorm differ
+    unnormed = features.embed(dataclasses.replace(first, norm=False), test.images[:10])[0]
+    assert not np.allclose(f1, unnormed)
 
 
 def test_eval_feature_version_picks_its_network():
@@ -147,6 +153,7 @@ def test_eval_feature_version_picks_its_network():
   x = jnp.zeros((1, 16, 16, 3))
   names = [set(features.SpriteNet(7, norm=r.norm).init(jax.random.key(0), x)['params'])
            for r in (default, normed)]
+  assert names[0] == {f'Conv_{i}' for i in range(6)} | {f'Dense_{i}' for i in range(3)}
   assert names[1] - names[0] == {f'GroupNorm_{i}' for i in range(6)}  # one per convolution
   with pytest.raises(ValueError, match='version 4'):
     features.Recipe(version=4)
@@ -162,8 +169,8 @@ def test_the_feature_cache_key_changes_with_every_setting():
   assert len(folders) == 1 + len(changed)
   assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
   assert features.cache_dir('/d', 'emoji', base) != features.cache_dir('/d', 'dawnlike', base)
-  assert 'v2-steps3000-seed0' in features.cache_dir('/d', 'emoji', base)  # readable at a glance
-  # the folder of version 2's network as it was named before versions became a field: still read
+  # readable at a glance, and version 2's folders keep the names they had before the version
+  # became a field, so the networks cached then are still read
   assert base.key() == 'v2-steps3000-seed0-1b430893'
 
 

@@ -39,7 +39,7 @@ def eval_path(run: plan.Run) -> str:
 
 def evaluated(run: plan.Run) -> dict | None:
   """The run's evaluation, if it exists and was measured in the feature space its config names
-  now: numbers from another feature network (an older VERSION, another recipe) are not
+  now: numbers from another feature network (another version or recipe) are not
   comparable, so such a run is evaluated again instead of joining the table."""
   report = files.read_json(eval_path(run))
   recorded = report.get('feature_net', {})
