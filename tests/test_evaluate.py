@@ -14,7 +14,7 @@ from configs import sprites
 from diffusion import schedules
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
-from experiments.quality import features, floor as floor_lib, grain, noise_left
+from experiments.quality import cross_validate, features, floor as floor_lib, grain, noise_left
 from experiments.quality import report as quality_report
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
@@ -226,15 +226,41 @@ def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, mon
     fitted.append({group_of[x.tobytes()] for x in images})
     return real_train(images, labels, num_classes, recipe)
   monkeypatch.setattr(features, 'train_params', recording)
-  real_accuracy = features._accuracy  # pylint: disable=protected-access
-  monkeypatch.setattr(features, '_accuracy', lambda net, images, labels: held.append(
+  real_accuracy = features.class_accuracy
+  monkeypatch.setattr(features, 'class_accuracy', lambda net, images, labels: held.append(
       [group_of[x.tobytes()] for x in images]) or real_accuracy(net, images, labels))
-  accuracies = features.cross_validate(real, features.Recipe(steps=3, batch_size=8), folds=3)
-  assert len(accuracies) == 3 and all(0 <= a <= 1 for a in accuracies)
+  scores = cross_validate.folds(real, features.Recipe(steps=3, batch_size=8), 3, repeats=2)
+  assert len(scores) == 3 and all(0 <= s['accuracy'] <= 1 for s in scores)
   assert sum(map(len, held)) == len(real.images)  # every sprite held out once
   assert set().union(*map(set, held)) == set(real.groups.tolist())
   for groups, out in zip(fitted, held):  # no group on both sides: variants are not learnt twice
     assert out and not groups & set(out)
+  for s in scores:  # the copier of the fitted folds is scored against the held one
+    assert s['copier_fid_ratio'] > 0 and 0 <= s['copier_recall'] <= 1
+    assert 0 <= s['floor_recall'] <= 1
+
+
+def test_cross_validation_copier_ratio_rises_when_the_fitted_sprites_are_set_apart(
+    data_dir, monkeypatch):
+  """The copier's ratio reads the space: embed the sprites the network learnt (and only those)
+  further from the rest, as a network that knows them by heart does, and the ratio must rise."""
+  real = dataset.load(_eval_config(data_dir).data, 'train')
+  recipe = features.Recipe(steps=3, batch_size=8)
+  plain = cross_validate.folds(real, recipe, 2, repeats=2)
+  fitted = []
+  real_train, real_embed = features.train_params, features.embed
+  monkeypatch.setattr(features, 'train_params', lambda images, *a: fitted.append(
+      {x.tobytes() for x in images}) or real_train(images, *a))
+
+  def shifted(net, images, *a):
+    f, p = real_embed(net, images, *a)
+    seen = np.array([x.tobytes() in fitted[-1] for x in images])
+    return f + 3.0 * seen[:, None] * np.std(f), p
+  monkeypatch.setattr(features, 'embed', shifted)
+  apart = cross_validate.folds(real, recipe, 2, repeats=2)
+  for a, b in zip(plain, apart):
+    assert b['copier_fid_ratio'] > 2 * a['copier_fid_ratio']
+    assert b['accuracy'] == a['accuracy']
 
 
 def test_noise_left_is_zero_for_a_perfect_denoiser_and_one_for_one_that_does_nothing(data_dir):

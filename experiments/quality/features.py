@@ -49,7 +49,7 @@ class SpriteNet(nn.Module):
   channels over the sprite: pixel-level texture that the deep half learns to ignore, and that mush
   is made of. pool='flatten' keeps the last map's layout instead (version 1's network, trained
   1,000 steps at width 16); pooling, width 32 and 3,000 steps name held-out classes more often
-  (cross_validate; the README's feature-space section has the numbers and the command), and on
+  (cross_validate.py; the README's feature-space section has the numbers and the command), and on
   emoji so does a GroupNorm after every convolution (norm, version 3)."""
   num_classes: int
   width: int = 32
@@ -223,7 +223,7 @@ def embed(net: FeatureNet, images: np.ndarray, batch_size: int = 1024):
   return np.concatenate(feats), np.concatenate(preds)
 
 
-def _accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray | None) -> float | None:
+def class_accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray | None) -> float | None:
   if len(images) == 0:
     return None
   if labels is None:  # the rotation task: score all four rotations of every sprite
@@ -273,8 +273,8 @@ def load_or_train(folder: str, train: dataset.SpriteData, test: dataset.SpriteDa
   net = dataclasses.replace(net, scale=1.0 / max(mean_sq, 1e-12) ** 0.5)
   info = {'dataset': dataset_name, 'task': 'class' if labeled else 'rotation',
           **dataclasses.asdict(recipe), 'feature_dim': FEATURE_DIM, 'feature_scale': net.scale,
-          'train_accuracy': _accuracy(net, train.images, train.labels if labeled else None),
-          'test_accuracy': _accuracy(net, test.images, test.labels if labeled else None),
+          'train_accuracy': class_accuracy(net, train.images, train.labels if labeled else None),
+          'test_accuracy': class_accuracy(net, test.images, test.labels if labeled else None),
           'test_damage_accuracy': _damage_accuracy(net, test.images, recipe.seed),
           'train_seconds': round(time.perf_counter() - start, 2), 'backend': jax.default_backend()}
   if files.is_writer():
@@ -289,17 +289,3 @@ def _write_atomically(folder: str, params: bytes, info: dict) -> None:
   files.write_bytes(os.path.join(folder, 'params.msgpack'), params)
   files.write_json(os.path.join(folder, 'info.json'), info)
 
-
-def cross_validate(data: dataset.SpriteData, recipe: Recipe, folds: int = 4) -> list[float]:
-  """Held-out class accuracy of `recipe` in each of `folds` folds of one split, groups of variants
-  kept whole (a sprite's recolorings would otherwise be learnt from its twin): a way to choose
-  the recipe without looking at the test split."""
-  fold = (data.groups.astype(np.int64) * 2654435761 % 2**32) % folds  # a fixed scatter of groups
-  accuracies = []
-  for f in range(folds):
-    fit, held = fold != f, fold == f
-    params = train_params(data.images[fit], data.labels[fit], data.num_classes, recipe)
-    net = FeatureNet(params, data.num_classes, width=recipe.width, pool=recipe.pool,
-                     norm=recipe.norm)
-    accuracies.append(_accuracy(net, data.images[held], data.labels[held]))
-  return accuracies
