@@ -216,11 +216,12 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   assert fids[0] < fids[1] < fids[2] and fids[2] > 2 * report['fid']['floor']
 
 
-def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, monkeypatch):
+def test_cross_validation_keeps_groups_whole_and_scores_a_copier_of_the_fitted_folds(
+    data_dir, monkeypatch):
   real = dataset.load(_eval_config(data_dir).data, 'train')
   group_of = {x.tobytes(): g for x, g in zip(real.images, real.groups)}
-  fitted, held = [], []
-  real_train = features.train_params
+  fitted, held, scored = [], [], []
+  real_train, real_metrics = features.train_params, floor_lib.distribution_metrics
 
   def recording(images, labels, num_classes, recipe):
     fitted.append({group_of[x.tobytes()] for x in images})
@@ -229,38 +230,28 @@ def test_cross_validation_keeps_groups_whole_and_scores_every_fold(data_dir, mon
   real_accuracy = features.class_accuracy
   monkeypatch.setattr(features, 'class_accuracy', lambda net, images, labels: held.append(
       [group_of[x.tobytes()] for x in images]) or real_accuracy(net, images, labels))
-  scores = cross_validate.folds(real, features.Recipe(steps=3, batch_size=8), 3, repeats=2)
+  monkeypatch.setattr(floor_lib, 'distribution_metrics', lambda fake, ref, groups, **kw: (
+      scored.append((len(fake), len(ref), set(groups.tolist()), kw)) or
+      real_metrics(fake, ref, groups, **kw)))
+  scores = cross_validate.folds(real, features.Recipe(steps=3, batch_size=8), 3, knn=2,
+                                repeats=2, seed=5, block=64)
   assert len(scores) == 3 and all(0 <= s['accuracy'] <= 1 for s in scores)
   assert sum(map(len, held)) == len(real.images)  # every sprite held out once
   assert set().union(*map(set, held)) == set(real.groups.tolist())
   for groups, out in zip(fitted, held):  # no group on both sides: variants are not learnt twice
     assert out and not groups & set(out)
-  for s in scores:  # the copier of the fitted folds is scored against the held one
-    assert s['copier_fid_ratio'] > 0 and 0 <= s['copier_recall'] <= 1
-    assert 0 <= s['floor_recall'] <= 1
+  for groups, out, (n_fake, n_ref, ref_groups, kw), s in zip(fitted, held, scored, scores):
+    # the copier is the fitted folds' sprites, judged against the held fold's halves
+    assert n_fake == len(real.images) - len(out) and n_ref == len(out)
+    assert ref_groups == set(out) and kw == dict(knn=2, repeats=2, seed=5, block=64)
+    assert s['copier_fid_ratio'] > 0 and 0 <= s['copier_recall'] <= 1 and s['set_size'] > 3
 
 
-def test_cross_validation_copier_ratio_rises_when_the_fitted_sprites_are_set_apart(
-    data_dir, monkeypatch):
-  """The copier's ratio reads the space: embed the sprites the network learnt (and only those)
-  further from the rest, as a network that knows them by heart does, and the ratio must rise."""
+def test_cross_validation_refuses_folds_too_small_for_a_copier(data_dir):
   real = dataset.load(_eval_config(data_dir).data, 'train')
-  recipe = features.Recipe(steps=3, batch_size=8)
-  plain = cross_validate.folds(real, recipe, 2, repeats=2)
-  fitted = []
-  real_train, real_embed = features.train_params, features.embed
-  monkeypatch.setattr(features, 'train_params', lambda images, *a: fitted.append(
-      {x.tobytes() for x in images}) or real_train(images, *a))
-
-  def shifted(net, images, *a):
-    f, p = real_embed(net, images, *a)
-    seen = np.array([x.tobytes() in fitted[-1] for x in images])
-    return f + 3.0 * seen[:, None] * np.std(f), p
-  monkeypatch.setattr(features, 'embed', shifted)
-  apart = cross_validate.folds(real, recipe, 2, repeats=2)
-  for a, b in zip(plain, apart):
-    assert b['copier_fid_ratio'] > 2 * a['copier_fid_ratio']
-    assert b['accuracy'] == a['accuracy']
+  with pytest.raises(ValueError, match='fewer --folds'):
+    cross_validate.folds(real, features.Recipe(steps=3, batch_size=8), len(real.images) // 4,
+                         knn=3, repeats=2, seed=0, block=64)
 
 
 def test_noise_left_is_zero_for_a_perfect_denoiser_and_one_for_one_that_does_nothing(data_dir):

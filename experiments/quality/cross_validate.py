@@ -2,10 +2,10 @@
 on the training split. Each fold's network is trained on the other folds and scored two ways:
 its class accuracy on the held fold, and how a perfect copier of the folds it learnt fares
 against the held fold in its space (their sprites as "samples", FID ratio and recall against
-the held fold's own halves, as an evaluation scores a copier against the test split). A network
-that learns its training sprites by heart may name classes well and still set the sprites it
-saw apart from new ones (ratio above 1): a worse yardstick for FID and recall, which are what
-it is for. One JSON line: the recipe, each fold's numbers, their means, and the seconds taken.
+the held fold's own halves, as an evaluation scores a copier against the test split, with
+eval.knn, eval.repeats and eval.seed). A network that learns its training sprites by heart may
+name classes well and still set the sprites it saw apart from new ones (ratio above 1): a worse
+yardstick for FID and recall, which are what it is for. One JSON line: the recipe, each fold's numbers, their means, and the seconds taken.
 
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu --version=3
@@ -26,25 +26,29 @@ from experiments.runtime import errors, logs
 
 
 def folds(data: dataset.SpriteData, recipe: features.Recipe, num_folds: int = 4, *,
-          knn: int = 3, repeats: int = 10, seed: int = 0) -> list[dict]:
+          knn: int, repeats: int, seed: int, block: int) -> list[dict]:
   """Per fold, groups of variants kept whole (a sprite's recolorings would otherwise be learnt
-  from its twin): the held fold's class accuracy, and the copier's FID ratio, recall and the
-  floor's recall (knn, repeats and seed as eval.* uses them)."""
+  from its twin): the held fold's class accuracy, and the copier's FID ratio, recall, the
+  floor's recall and the set size they come from (knn, repeats, seed and block: eval.*)."""
   fold = (data.groups.astype(np.int64) * 2654435761 % 2**32) % num_folds  # a fixed scatter
+  smallest = int(np.bincount(fold, minlength=num_folds).min())
+  if smallest < 4 * (knn + 2):  # its halves must hold more than knn + 1 sprites each
+    raise ValueError(f'A fold of {smallest} sprites is too small to score a copier against '
+                     f'(eval.knn={knn}): use fewer --folds or a larger training split.')
   scores = []
   for f in range(num_folds):
     fit, held = fold != f, fold == f
     params = features.train_params(data.images[fit], data.labels[fit], data.num_classes, recipe)
     net = features.FeatureNet(params, data.num_classes, width=recipe.width, pool=recipe.pool,
                               norm=recipe.norm)
-    fit_f, held_f = (features.embed(net, data.images[m])[0] for m in (fit, held))
+    fit_f, held_f = (features.embed(net, data.images[m], block)[0] for m in (fit, held))
     copier = floor.distribution_metrics(fit_f, held_f, data.groups[held], knn=knn,
-                                        repeats=repeats, seed=seed, block=1024)
+                                        repeats=repeats, seed=seed, block=block)
     scores.append({'accuracy': features.class_accuracy(net, data.images[held],
                                                        data.labels[held]),
                    'copier_fid_ratio': copier['fid']['ratio'],
                    'copier_recall': copier['recall']['samples'],
-                   'floor_recall': copier['recall']['floor']})
+                   'floor_recall': copier['recall']['floor'], 'set_size': copier['set_size']})
   return scores
 
 
@@ -55,17 +59,19 @@ def main(argv):
   with errors.reported():
     if args.folds < 2 or args.steps < 1 or args.width < 1:
       raise ValueError('--folds must be >= 2, --steps and --width >= 1.')
-    data = dataset.load(args.config.data, 'train')
+    config = args.config
+    data = dataset.load(config.data, 'train')
     if data.num_classes < 2:
       raise ValueError('cross-validation scores the class head: the data needs two classes.')
     recipe = features.Recipe(steps=args.steps, seed=args.seed, width=args.width,
                              pool=args.pool, version=int(args.version))
     start = time.perf_counter()
-    scores = folds(data, recipe, args.folds)
+    scores = folds(data, recipe, args.folds, knn=config.eval.knn, repeats=config.eval.repeats,
+                   seed=config.eval.seed, block=config.eval.batch_size)
     accuracy = [s['accuracy'] for s in scores]
     copier = {key: [s[key] for s in scores]
-              for key in ('copier_fid_ratio', 'copier_recall', 'floor_recall')}
-    print(json.dumps({'data': args.config.data.source, 'sprites': len(data.images),
+              for key in ('copier_fid_ratio', 'copier_recall', 'floor_recall', 'set_size')}
+    print(json.dumps({'data': config.data.source, 'sprites': len(data.images),
                       **dataclasses.asdict(recipe), 'folds': accuracy,
                       'mean': float(np.mean(accuracy)), **copier,
                       **{f'{key}_mean': _mean(values) for key, values in copier.items()},
@@ -79,7 +85,7 @@ def _mean(values: list) -> float | None:
 
 if __name__ == '__main__':
   # Defined here, not on import: tests import this module beside others that define --config.
-  config_flags.DEFINE_config_file('config', None, 'Config file[:preset] (its data.*).')
+  config_flags.DEFINE_config_file('config', None, 'Config file[:preset] (its data.* and eval.*).')
   flags.DEFINE_integer('steps', features.Recipe.steps, 'Training steps.')
   flags.DEFINE_integer('width', features.Recipe.width, 'First layer channels.')
   flags.DEFINE_enum('pool', features.Recipe.pool, ['mean_max', 'flatten'], 'Last map.')
