@@ -5,7 +5,8 @@ against the held fold in its space (their sprites as "samples", FID ratio and re
 the held fold's own halves, as an evaluation scores a copier against the test split, with
 eval.knn, eval.repeats and eval.seed). A network that learns its training sprites by heart may
 name classes well and still set the sprites it saw apart from new ones (ratio above 1): a worse
-yardstick for FID and recall, which are what it is for. One JSON line: the recipe, each fold's numbers, their means, and the seconds taken.
+yardstick for FID and recall, which are what it is for. One JSON line: the recipe, each fold's
+numbers, their means, and the seconds taken.
 
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu
   python -m experiments.quality.cross_validate --config=configs/sprites.py:cpu --version=3
