@@ -77,8 +77,8 @@ RANGES = {
     'eval.repeats': _COUNT, 'eval.seed': _SEED, 'eval.batch_size': _COUNT,
     'eval.feature_steps': _COUNT, 'eval.feature_seed': _SEED, 'eval.nearest_shown': _NATURAL,
     'eval.feature_width': _within(1, 128),
-    'eval.feature_version': (lambda x: type(x) is int and x in features.NORM,
-                             f'one of {", ".join(map(str, features.NORM))}'),
+    'eval.feature_version': (lambda x: type(x) is int and x in features.VERSIONS,
+                             f'one of {", ".join(map(str, features.VERSIONS))}'),
 }
 ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
            ('diffusion.sigma_min', 'diffusion.sigma_max'),

@@ -119,7 +119,7 @@ def test_samples_follow_the_training_class_proportions():
   assert len(drawn) == 25 and list(evaluate.proportional_labels(labels, 0, 3)) == [-1, -1, -1]
 
 
-@pytest.mark.parametrize('version', [2, 3])
+@pytest.mark.parametrize('version', [2, 3, 4])
 def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir, version):
   config = _eval_config(data_dir)
   real = dataset.load(config.data, 'train')
@@ -155,8 +155,25 @@ def test_eval_feature_version_picks_its_network():
            for r in (default, normed)]
   assert names[0] == {f'Conv_{i}' for i in range(6)} | {f'Dense_{i}' for i in range(3)}
   assert names[1] - names[0] == {f'GroupNorm_{i}' for i in range(6)}  # one per convolution
-  with pytest.raises(ValueError, match='version 4'):
-    features.Recipe(version=4)
+  with pytest.raises(ValueError, match='version 5'):
+    features.Recipe(version=5)
+
+
+def test_version_4_embeds_with_the_running_average_of_the_weights(data_dir, monkeypatch):
+  config = _eval_config(data_dir)
+  real = dataset.load(config.data, 'train')
+  images, labels = real.images[:64], real.labels[:64]
+  last = features.train_params(images, labels, 8, features.Recipe(steps=1, batch_size=8))
+  averaged = features.Recipe(steps=1, batch_size=8, version=4)
+  assert averaged.ema_decay == 0.999 and not averaged.norm
+  # one step of a 0.5 average: half the initial weights, half the weights after the step
+  monkeypatch.setitem(features.VERSIONS, 4, features.Version(ema_decay=0.5))
+  x = jnp.asarray(dataset.to_model(images[:1]))
+  init = features.SpriteNet(8).init(jax.random.fold_in(jax.random.key(0), 0), x)
+  got = features.train_params(images, labels, 8, averaged)
+  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, (a + b) / 2, atol=1e-6),
+               got, init, last)
+  assert not np.allclose(*(np.asarray(p['params']['Conv_0']['kernel']) for p in (got, last)))
 
 
 def test_the_feature_cache_key_changes_with_every_setting():
@@ -164,7 +181,8 @@ def test_the_feature_cache_key_changes_with_every_setting():
   base = features.Recipe()
   changed = [features.Recipe(steps=2000), features.Recipe(seed=1), features.Recipe(width=8),
              features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3),
-             features.Recipe(pool='flatten'), features.Recipe(version=3)]
+             features.Recipe(pool='flatten'), features.Recipe(version=3),
+             features.Recipe(version=4)]
   folders = {features.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
   assert len(folders) == 1 + len(changed)
   assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
