@@ -44,9 +44,9 @@ class Version(NamedTuple):
 
 # Version 3's GroupNorm names held-out emoji classes more often under cross-validation, but its
 # space sets the training sprites apart from held-out ones (a copier scores 1.2x the floor's
-# FID); version 4's running average of the weights (Polyak averaging: a smoother function of the
-# data than the last step's weights) does not. Both are switches (eval.feature_version), not the
-# default (README, the feature space).
+# FID). Version 4's running average of the weights names as many as version 2 and sets them
+# apart a little less, but is gentler on DawnLike's models, bad and good. Both are switches
+# (eval.feature_version), not the default (README, the feature space).
 VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999)}
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
 DAMAGES = ('clean', 'noise', 'speckle', 'blur')  # the damage head's classes
