@@ -166,12 +166,12 @@ def test_version_4_embeds_with_the_running_average_of_the_weights(data_dir, monk
   last = features.train_params(images, labels, 8, features.Recipe(steps=1, batch_size=8))
   averaged = features.Recipe(steps=1, batch_size=8, version=4)
   assert averaged.ema_decay == 0.999 and not averaged.norm
-  # one step of a 0.5 average: half the initial weights, half the weights after the step
-  monkeypatch.setitem(features.VERSIONS, 4, features.Version(ema_decay=0.5))
+  # one step of a 0.75 average: three quarters the initial weights, a quarter those after it
+  monkeypatch.setitem(features.VERSIONS, 4, features.Version(ema_decay=0.75))
   x = jnp.asarray(dataset.to_model(images[:1]))
   init = features.SpriteNet(8).init(jax.random.fold_in(jax.random.key(0), 0), x)
   got = features.train_params(images, labels, 8, averaged)
-  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, (a + b) / 2, atol=1e-6),
+  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, 0.75 * a + 0.25 * b, atol=1e-6),
                got, init, last)
   assert not np.allclose(*(np.asarray(p['params']['Conv_0']['kernel']) for p in (got, last)))
 

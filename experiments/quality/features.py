@@ -47,6 +47,7 @@ class Version(NamedTuple):
 # FID). Version 4's running average of the weights names as many as version 2 and sets them
 # apart a little less, but is gentler on DawnLike's models, bad and good. Both are switches
 # (eval.feature_version), not the default (README, the feature space).
+# Not in the cache key but through the version: change a version's entry and it is a new version.
 VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999)}
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
 DAMAGES = ('clean', 'noise', 'speckle', 'blur')  # the damage head's classes
@@ -204,7 +205,7 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, recip
     grads = jax.grad(loss_fn)(params, x, y, kind)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    if decay:  # from the initial weights, whose share is 5% after 3,000 steps of 0.999
+    if decay:  # from the initial weights: 0.999 leaves them 5% after the default 3,000 steps
       average = jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
     else:
       average = params
