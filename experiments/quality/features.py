@@ -47,7 +47,7 @@ class Version(NamedTuple):
 # FID). Version 4's running average of the weights names as many as version 2 and sets them
 # apart a little less, but is gentler on DawnLike's models, bad and good. Both are switches
 # (eval.feature_version), not the default (README, the feature space).
-# Not in the cache key but through the version: change a version's entry and it is a new version.
+# An entry reaches the cache key only through its number: change one and make a new version.
 VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999)}
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
 DAMAGES = ('clean', 'noise', 'speckle', 'blur')  # the damage head's classes
