@@ -51,16 +51,16 @@ def _cpu(c):
   training."""
   # Widths 16/32/80 (1.0M parameters): twice the sprites per second of 24/48/120, and in this
   # budget sprites seen count for more than width: over two seeds 6% less grain and FID as close
-  # to real or closer, in less time (README, Ablations).
+  # to real or closer, in less time (docs/ablations.md).
   c.model.update(name='unet', n_feat=16, channel_mult=(1, 2, 5), blocks=1, attention=(2,),
                  dropout=0.0)
   # min-SNR (Hang et al. 2023): over two seeds each, flatter fills and fewer speckles to the eye
-  # than plain v-MSE, with FID and recall within the seed spread (README, Ablations).
+  # than plain v-MSE, with FID and recall within the seed spread (docs/ablations.md).
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v', loss_weighting='min_snr',
                      min_snr_gamma=5.0)
   # Batch 32, not 64: XLA:CPU's speed per sprite barely depends on the batch, so twice the updates
   # for the same sprites; over two seeds as close to real on FID, recall a little higher, fills a
-  # little flatter to the eye (README, Ablations). 8,400 steps: 9-11 minutes of 2 cores.
+  # little flatter to the eye (docs/ablations.md). 8,400 steps: 9-11 minutes of 2 cores.
   # At most 250 passes over the training split: binds only below 1,074 sprites (the emoji get 185).
   # 736 passes over 174 emoji drew them back almost pixel for pixel; 250 left no near copies,
   # but samples still lean towards the training sprites (README, Presets).
@@ -73,10 +73,10 @@ def _cpu(c):
   # the same models and noise: emoji grain 0.129 and 0.133 against 0.144 and 0.144 (two seeds),
   # flatter fills and cleaner white to the eye, FID ratio 1.34 and 1.24 against 1.31 and 1.24,
   # classes as typical; DawnLike grain 0.161 and 0.155 against 0.164 and 0.161, FID 1.11 and
-  # 0.89 against 1.19 and 1.08 (README, Ablations). Guides from later checkpoints (800-3,000 steps) left more grain.
+  # 0.89 against 1.19 and 1.08 (docs/ablations.md). Guides from later checkpoints (800-3,000 steps) left more grain.
   # Then the refining pass (samplers.refine): the drawn sprites noised again to logSNR 4 eight
   # times, denoised and averaged, so the speckle that follows the noise averages away. On the
-  # same models and noise (README, Results): grain 6-10% lower on all seven (emoji 0.119 and
+  # same models and noise (docs/results.md): grain 6-10% lower on all seven (emoji 0.119 and
   # 0.122 against 0.129 and 0.133; DawnLike 0.141-0.146 against 0.155-0.161), recall within 0.01
   # or higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
   # DawnLike seeds (1.42, 1.24, 1.44 against 1.59, 1.21, 1.62); 7 s more for 320 sprites.
@@ -100,7 +100,7 @@ def _course(c):
 def _accelerator(c):
   """The best recipe we have for one GPU or TPU, run to its end on DawnLike on one H200: the CPU
   preset's design at GPU width, with the loss weighting and guidance the CPU ablations chose
-  (README, Ablations), 300 passes and a 50-step sampler (below; README, Results)."""
+  (docs/ablations.md), 300 passes and a 50-step sampler (below; docs/results.md)."""
   c.model.update(name='unet', n_feat=128, channel_mult=(1, 2, 2), blocks=2, attention=(1, 2),
                  dropout=0.1, dtype='bfloat16')
   c.diffusion.update(schedule='cosine', timesteps=1000, prediction='v', loss_weighting='min_snr',
@@ -113,7 +113,7 @@ def _accelerator(c):
   # sprite than 95% of held-out ones (new sprites: 5%), characters among them redrawn almost
   # pixel for pixel; after 300 (1,110 steps) FID 1.16x, 3.0% nearer by pixels (by features 11%
   # against 21-22%), as crisp (grain 0.148 against 0.145). On emoji the same trade, by pixels:
-  # 400 passes 1.22x and 11% nearer, 250 passes 1.33x and 1% (README, Results).
+  # 400 passes 1.22x and 11% nearer, 250 passes 1.33x and 1% (docs/results.md).
   # 2,000 sprites stop at step 1,180; the course's 89,400 train all 50,000 steps (286 passes).
   # An evaluation, memorization audit included, every 10,000 steps shows a long run's trend,
   # and those checkpoints are kept for good.

@@ -23,8 +23,8 @@ Patches, a switch (`patch` p > 1): the network sees p x p pixel patches as singl
 (space-to-depth, as DiT and U-ViT patchify) and returns them the same way, so a 16 px sprite is
 an 8 x 8 map of 12 channels at p = 2. Its first level then works at 8 x 8 with more channels,
 which XLA:CPU runs fast: at p = 2 the `cpu` preset's network without its 16 x 16 level trained
-1.7 times as many sprites per second, but in the same budget drew grainier ones (README,
-ablations).
+1.7 times as many sprites per second, but in the same budget drew grainier ones
+(docs/ablations.md).
 
 Self-conditioning (Chen et al. 2022, "Analog Bits"), a switch: the network also takes its own
 earlier x0_hat as 3 more input channels (zeros when there is none), so a sampler's step can

@@ -46,7 +46,7 @@ class Version(NamedTuple):
 # space sets the training sprites apart from held-out ones (a copier scores 1.2x the floor's
 # FID). Version 4's running average of the weights names as many as version 2 and sets them
 # apart a little less, but is gentler on DawnLike's models, bad and good. Both are switches
-# (eval.feature_version), not the default (README, the feature space).
+# (eval.feature_version), not the default (docs/yardstick.md).
 # An entry reaches the cache key only through its number: change one and make a new version.
 VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999)}
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
@@ -60,7 +60,7 @@ class SpriteNet(nn.Module):
   channels over the sprite: pixel-level texture that the deep half learns to ignore, and that mush
   is made of. pool='flatten' keeps the last map's layout instead (version 1's network, trained
   1,000 steps at width 16); pooling, width 32 and 3,000 steps name held-out classes more often
-  (cross_validate.py; the README's feature-space section has the numbers and the command), and on
+  (cross_validate.py; docs/yardstick.md has the numbers and the commands), and on
   emoji so does a GroupNorm after every convolution (norm, version 3)."""
   num_classes: int
   width: int = 32
