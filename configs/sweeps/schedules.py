@@ -1,4 +1,4 @@
-"""Noise schedules: every one, 3 seeds each, the cpu preset cut to about 70 minutes on 2 CPU cores.
+"""Noise schedules: every one, 3 seeds each, the cpu preset cut to under an hour on 2 CPU cores.
 
   python -m experiments.sweep --config=configs/sprites.py:cpu --sweep=configs/sweeps/schedules.py
   python -m experiments.sweep ... --dry_run      # the 24 runs and their workdirs
@@ -6,14 +6,14 @@
 
 Everything but the schedule is the cpu preset's (v-prediction: safe for every schedule and for the
 zero-terminal-SNR rescale), except BASE: 300 training steps of 64 instead of 8,400 of 32 (the same
-warmup, a cosine decay over the 300), 160 sprites per evaluation instead of 320, and what the preset
-was when the sweep ran, pinned so the README's numbers stay reproducible: guidance 2 at every noise
-level (it now guides at logSNR -2..3 only), the plain v-MSE loss (`simple`; it now uses min-SNR),
-batch 64 (now 32), widths 24/48/120 (now 16/32/80) and no refining pass (now 8 draws at logSNR 4).
-Every run draws with DPM-Solver++(2M), 25
-steps. Estimated at 2.5 minutes per run on 2 idle cores (300 steps at ~190 sprites/s, ~45 s of
-compilation, ~20 s of sampling and evaluation); the runs that had the machine alone took 2.8, so
-about 70 minutes for the 24. The shifted and interpolated cosines use Hoogeboom et al.'s shift for
+warmup, a cosine decay over the 300), 160 sprites per evaluation instead of 320, and what the
+preset was when the sweep ran, pinned so the README's numbers stay reproducible: guidance 2 at
+every noise level (it now guides at logSNR -2..3 only), the plain v-MSE loss (`simple`; it now uses
+min-SNR), batch 64 (now 32), widths 24/48/120 (now 16/32/80) and no refining pass (now 8 draws at
+logSNR 4). Every run draws with DPM-Solver++(2M), 25 steps. Estimated at 2.5 minutes per run on 2
+idle cores (300 steps at ~190 sprites/s, ~45 s of compilation, ~20 s of sampling and evaluation);
+the runs that had the machine alone took 2.8 in the first run and 2.0 in a rerun on an idle machine
+(48 minutes for the 24). The shifted and interpolated cosines use Hoogeboom et al.'s shift for
 16x16 sprites, 2 log(64 / 16) = 2.77, as experiments/plots.py draws them. Seeds vary the training
 (initial weights, batches, noise); every run samples from the same noise.
 """
