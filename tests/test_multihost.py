@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import FAST_COMPILE, tiny_config
 from experiments import from_config
 from experiments.runtime import checkpoints, hosts, parallel, state as state_lib
 
@@ -34,9 +34,9 @@ OVERRIDES = {'model.n_feat': 8, 'train.steps': STEPS, 'train.batch_size': 16,
              'sample.batch_size': 64, 'eval.feature_steps': 20, 'eval.repeats': 1,
              'eval.num_samples': 8, 'eval.nearest_shown': 6}
 # Children get one XLA:CPU thread-pool size, max(PJRT_NPROC, local devices), which changes how
-# convolutions round; not conftest's 8 devices; and XLA flags that compile the initializer 4x
-# and the train step 2x faster (the same flags in every run, so still bitwise comparable).
-FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+# convolutions round; not conftest's 8 devices; and conftest's XLA flags that compile the
+# initializer 4x and the train step 2x faster (the same flags in every run, so still bitwise
+# comparable).
 ENV = {'PJRT_NPROC': '4', 'XLA_FLAGS': FAST_COMPILE, 'JAX_PLATFORMS': 'cpu',
        'PYTHONUNBUFFERED': '1', 'PYTHONFAULTHANDLER': '1'}  # SIGABRT prints a hung child's stacks
 # A proxy can hang the coordinator's gRPC connection; the cluster comes from the test alone.
