@@ -155,6 +155,18 @@ def test_the_launcher_names_a_misspelled_key_without_a_traceback(tmp_path):
   assert not os.listdir(tmp_path)  # refused before anything was written
 
 
+@pytest.mark.parametrize('config, says', [
+    ('configs/sprite.py', 'no config file at'),   # a typo, or run from another folder
+    ('configs/sprites.py:cpuu', "Unknown preset 'cpuu'; valid: smoke, cpu"),
+])
+def test_a_missing_config_file_or_preset_is_named_without_a_traceback(tmp_path, config, says):
+  done = _launch(f'--config={config}', f'--workdir={tmp_path}')
+  assert done.returncode == 1 and 'Traceback' not in done.stderr
+  assert f'--config={config}: {says}' in done.stderr
+  assert '--config=configs/sprites.py[:preset]' in done.stderr or 'cpuu' in config
+  assert not os.listdir(tmp_path)
+
+
 def test_divergence_before_any_checkpoint_says_so(tmp_path):
   mngr = checkpoints.manager(str(tmp_path), 2)
   with pytest.raises(FloatingPointError, match='No checkpoint was saved yet') as error:
