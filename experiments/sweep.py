@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from experiments import evaluate, from_config
 from experiments.data import dataset
-from experiments.runtime import checkpoints, errors, files, hosts, logs
+from experiments.runtime import checkpoints, cli, errors, files, hosts, logs
 from experiments.sweeps import plan, report, table, training
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
@@ -203,4 +203,4 @@ def _main():
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'sweep'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

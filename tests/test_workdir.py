@@ -118,10 +118,12 @@ def test_a_resume_drops_the_metric_rows_logged_after_its_checkpoint(tmp_path):
   assert [json.loads(line)['step'] for line in open(path)] == [1, 2, 3]
 
 
-def _launch(*args: str) -> subprocess.CompletedProcess:
-  """launch.py run as a user runs it, from the repository root; its exit code and output."""
+def _launch(*args: str, module: str = '') -> subprocess.CompletedProcess:
+  """launch.py (or `python -m module`) run as a user runs it, from the repository root; its exit
+  code and output."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return subprocess.run([sys.executable, 'launch.py', *args], cwd=root, capture_output=True,
+  program = ['-m', module] if module else ['launch.py']
+  return subprocess.run([sys.executable, *program, *args], cwd=root, capture_output=True,
                         text=True, check=False)
 
 
@@ -162,6 +164,10 @@ def test_the_launcher_names_a_misspelled_key_without_a_traceback(tmp_path):
 def test_a_missing_config_file_or_preset_is_named_without_a_traceback(tmp_path, config, says):
   done = _launch(f'--config={config}', f'--workdir={tmp_path}')
   assert done.returncode == 1 and 'Traceback' not in done.stderr
+  swept = _launch('--sweep=configs/sweeps/schedules.py', f'--root={tmp_path}', f'--config={config}',
+                  module='experiments.sweep')  # the other tools parse their flags the same way
+  assert swept.returncode == 1 and 'Traceback' not in swept.stderr
+  assert f'--config={config}: {says}' in swept.stderr
   assert f'--config={config}: {says}' in done.stderr
   assert '--config=configs/sprites.py[:preset]' in done.stderr or 'cpuu' in config
   assert not os.listdir(tmp_path)

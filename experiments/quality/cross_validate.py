@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from experiments.data import dataset
 from experiments.quality import features, floor
-from experiments.runtime import errors, logs
+from experiments.runtime import cli, errors, logs
 
 
 def folds(data: dataset.SpriteData, recipe: features.Recipe, num_folds: int = 4, *,
@@ -95,4 +95,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('seed', 0, 'Seed of the network and its batches.')
   flags.DEFINE_integer('folds', 4, 'Folds (groups of variants kept whole).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

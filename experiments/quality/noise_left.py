@@ -29,7 +29,7 @@ from diffusion import denoiser, gaussian, samplers, schedules
 from experiments import from_config
 from experiments.data import dataset
 from experiments.quality import grain
-from experiments.runtime import drawing, errors, logs, parallel
+from experiments.runtime import cli, drawing, errors, logs, parallel
 
 def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
             draws: int = 1) -> list[dict]:
@@ -142,4 +142,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('draws', 1, 'Average x0_hat over this many noisings of each sprite, as '
                        'sample.refine_draws does.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,60 @@
+"""The command-line tools' flag parsing: absl's, with one clear line for the mistakes a user makes
+with --config instead of a traceback from inside ml_collections."""
+import os
+import sys
+import textwrap
+
+from absl import flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config_arg(argv) -> str | None:
+  """The value of --config as given (--config=X or --config X), or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _refuse(message: str):
+  print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a clear message instead of a traceback from inside ml_collections for
+  a config file that is not there (run from another folder), an error the config file raises on
+  a bad value (an unknown preset), and a --config.* override that names no key (config_flags
+  raises AttributeError or KeyError there, not a flags error)."""
+  given = _config_arg(argv)
+  if given is not None and not os.path.isfile(given.split(':', 1)[0]):
+    path = given.split(':', 1)[0]
+    here = os.path.join(_ROOT, 'configs', 'sprites.py')
+    here = here if os.path.relpath(here).startswith('..') else os.path.relpath(here)
+    _refuse(f'--config={given}: no config file at {os.path.abspath(path)} (a relative path '
+            f'starts from the folder you run in). The presets are in {here}: '
+            f'--config={here}[:preset].')
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:  # config_flags puts the config file's own traceback in the text
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or ['']
+    if 'Error whilst parsing config file' in lines[0] and lines[-1].startswith('ValueError: '):
+      _refuse(f'--config={given}: {lines[-1].removeprefix("ValueError: ")}')
+    sys.stderr.write(f'FATAL Flags parsing error: {textwrap.indent(str(error), "  ").strip()}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')  # as absl says it
+    sys.exit(1)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], BaseException):
+      e = e.args[0]
+    name, _, hint = str(e.args[0] if e.args else e).partition('\n')
+    name = name.strip('\'"')
+    overrides = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    flag = next((a for a in overrides if name in a.split('.')[1:]), None)
+    if flag is None:  # not an override's key: an error inside the config file itself
+      raise
+    _refuse(f'{flag}: the config has no key {name!r}'
+            f'{" (" + hint.strip() + ")" if hint.strip() else ""}. Keys are --config.<section>.<key>, '
+            'as listed in configs/base.py.')
