@@ -4,7 +4,9 @@ import os
 # Most of the suite's time is XLA compiling many small programs, once each. LLVM at optimisation
 # level 0 and XLA:CPU's older loop emitters compile them far faster than the tiny programs then
 # run slower: the cold suite took 6m45s against 11m46s without them on the 2-core development
-# machine (8m27s with the first alone). Put before the caller's own flags, which win.
+# machine (8m27s with the first alone). Put before the caller's own flags, which win. Both are
+# flags of the pinned jaxlib 0.10.2: XLA refuses to start on a flag it does not know, so a
+# jaxlib that drops one needs it dropped here.
 FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 os.environ['XLA_FLAGS'] = (FAST_COMPILE + ' ' + os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
