@@ -9,14 +9,18 @@ from absl import flags
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-help', '-h', '-?')
+
+
 def _config_arg(argv) -> str | None:
-  """The value of --config as given (--config=X or --config X), or None."""
+  """The value of --config as given (--config=X or --config X; the last one wins, as in absl)."""
+  value = None
   for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+    if arg.startswith(('--config=', '-config=')):
+      value = arg.split('=', 1)[1]
+    elif arg in ('--config', '-config') and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
 
 
 def _refuse(message: str):
@@ -30,7 +34,8 @@ def parse_flags(argv):
   a bad value (an unknown preset), and a --config.* override that names no key (config_flags
   raises AttributeError or KeyError there, not a flags error)."""
   given = _config_arg(argv)
-  if given is not None and not os.path.isfile(given.split(':', 1)[0]):
+  asks_help = any(arg in _HELP for arg in argv)
+  if given is not None and not asks_help and not os.path.isfile(given.split(':', 1)[0]):
     path = given.split(':', 1)[0]
     here = os.path.join(_ROOT, 'configs', 'sprites.py')
     here = here if os.path.relpath(here).startswith('..') else os.path.relpath(here)
@@ -40,11 +45,15 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:  # config_flags puts the config file's own traceback in the text
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or ['']
-    if 'Error whilst parsing config file' in lines[0] and lines[-1].startswith('ValueError: '):
-      _refuse(f'--config={given}: {lines[-1].removeprefix("ValueError: ")}')
-    sys.stderr.write(f'FATAL Flags parsing error: {textwrap.indent(str(error), "  ").strip()}\n'
-                     'Pass --helpshort or --helpfull to see help on flags.\n')  # as absl says it
+    message = str(error)
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or ['']
+    # A bad value (an unknown preset), or a preset passed to a file whose get_config takes none
+    if ('Error whilst parsing config file' in lines[0] and
+        lines[-1].startswith(('ValueError: ', 'TypeError: '))):
+      _refuse(f'--config{"=" + given if given else ""}: {lines[-1].removeprefix("ValueError: ")}')
+    message = (f'\n{textwrap.indent(message, "  ")}\n' if '\n' in message else f' {message}')
+    sys.stderr.write(f'FATAL Flags parsing error:{message}\n'  # as absl's parse_flags_with_usage
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.exit(1)
   except (AttributeError, KeyError) as e:
     while e.args and isinstance(e.args[0], BaseException):
