@@ -7,8 +7,6 @@ import textwrap
 from absl import flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-help', '-h', '-?')
 
 
@@ -31,7 +29,7 @@ def _refuse(message: str):
 def parse_flags(argv):
   """absl's parsing, with a clear message instead of a traceback from inside ml_collections for
   a config file that is not there (run from another folder), an error the config file raises on
-  a bad value (an unknown preset), and a --config.* override that names no key (config_flags
+  a bad value (an unknown preset, or a preset where the file has none), and a --config.* override that names no key (config_flags
   raises AttributeError or KeyError there, not a flags error)."""
   given = _config_arg(argv)
   asks_help = any(arg in _HELP for arg in argv)
@@ -45,13 +43,13 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:  # config_flags puts the config file's own traceback in the text
-    message = str(error)
+    message = str(error).rstrip()
     lines = [line.strip() for line in message.splitlines() if line.strip()] or ['']
     # A bad value (an unknown preset), or a preset passed to a file whose get_config takes none
     if ('Error whilst parsing config file' in lines[0] and
         lines[-1].startswith(('ValueError: ', 'TypeError: '))):
       _refuse(f'--config{"=" + given if given else ""}: {lines[-1].removeprefix("ValueError: ")}')
-    message = (f'\n{textwrap.indent(message, "  ")}\n' if '\n' in message else f' {message}')
+    message = f'\n{textwrap.indent(message, "  ")}' if '\n' in message else f' {message}'
     sys.stderr.write(f'FATAL Flags parsing error:{message}\n'  # as absl's parse_flags_with_usage
                      'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.exit(1)
