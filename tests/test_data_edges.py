@@ -1,4 +1,6 @@
 """Data edge cases: a single group of variants, no test split, 16-bit PNGs."""
+import tempfile
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,3 +60,13 @@ def test_a_built_dataset_without_a_train_split_says_to_rebuild(data_dir):
   b = dataset.builder(tiny_config(data_dir).data)
   message = dataset._missing_split(b, 'train')  # pylint: disable=protected-access
   assert 'no `train` split' in message and f'Delete {b.data_dir}' in message
+
+
+def test_making_a_builder_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  # TFDS's DatasetInfo looks for an unprepared dataset on its bucket through an empty temporary
+  # folder it never removes: the test suite alone left thousands in /tmp.
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  b = dataset.builder(tiny_config(str(tmp_path / 'data')).data)
+  assert not b.is_prepared() and not list(temp.iterdir())

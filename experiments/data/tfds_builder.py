@@ -120,6 +120,14 @@ def preview(splits: dict, class_names: list[str], per_class: int = 16) -> np.nda
   return canvas.grid(np.stack(rows), len(labels) if class_names else 8, background=160)
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """Sprites are never on TFDS's storage bucket, and TFDS's look there (disabled anyway) leaves
+  an empty temporary folder behind each time a builder of an unprepared dataset is made."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class Sprites(tfds.core.GeneratorBasedBuilder):
   """Sprites, RGB on white, with a class label, a group id (split by group) and their origin."""
   VERSION = tfds.core.Version('1.3.0')
@@ -131,7 +139,7 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
