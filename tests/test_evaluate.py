@@ -119,7 +119,7 @@ def test_samples_follow_the_training_class_proportions():
   assert len(drawn) == 25 and list(evaluate.proportional_labels(labels, 0, 3)) == [-1, -1, -1]
 
 
-@pytest.mark.parametrize('version', [2, 3, 4])
+@pytest.mark.parametrize('version', [2, 3, 4, 5])
 def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir, version):
   config = _eval_config(data_dir)
   real = dataset.load(config.data, 'train')
@@ -155,8 +155,28 @@ def test_eval_feature_version_picks_its_network():
            for r in (default, normed)]
   assert names[0] == {f'Conv_{i}' for i in range(6)} | {f'Dense_{i}' for i in range(3)}
   assert names[1] - names[0] == {f'GroupNorm_{i}' for i in range(6)}  # one per convolution
-  with pytest.raises(ValueError, match='version 5'):
-    features.Recipe(version=5)
+  with pytest.raises(ValueError, match='version 6'):
+    features.Recipe(version=6)
+
+
+def test_version_5_shows_a_share_of_the_training_sprites_in_gray(data_dir, monkeypatch):
+  assert features.Recipe(version=5).gray == 0.2 and features.Recipe().gray == 0.0
+  assert features.Recipe(version=5).key() != features.Recipe().key()
+  x = jax.random.uniform(jax.random.key(1), (400, 4, 4, 3), minval=-1, maxval=1)
+  x = x.at[:, 0, 0].set(1.0)  # a white pixel
+  gray = np.asarray(features._to_gray(jax.random.key(2), x, 0.2))  # pylint: disable=protected-access
+  grayed = np.all(gray == gray[..., :1], axis=(1, 2, 3))
+  assert 40 < grayed.sum() < 120  # about a fifth, drawn per sprite
+  np.testing.assert_allclose(gray[grayed][..., 0], np.asarray(x)[grayed].mean(-1), atol=1e-6)
+  np.testing.assert_array_equal(gray[~grayed], np.asarray(x)[~grayed])
+  assert np.all(gray[:, 0, 0] == 1.0)
+  # training sees them: all in gray, one step moves the weights otherwise than version 2's
+  real = dataset.load(_eval_config(data_dir).data, 'train')
+  monkeypatch.setitem(features.VERSIONS, 5, features.Version(gray=1.0))
+  two, five = (features.train_params(real.images[:64], real.labels[:64], 8,
+                                     features.Recipe(steps=1, batch_size=8, version=v))
+               for v in (2, 5))
+  assert not np.allclose(two['params']['Conv_0']['kernel'], five['params']['Conv_0']['kernel'])
 
 
 def test_version_4_embeds_with_the_running_average_of_the_weights(data_dir, monkeypatch):

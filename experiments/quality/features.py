@@ -40,15 +40,18 @@ class Version(NamedTuple):
   """What a version changes in version 2's network and training."""
   norm: bool = False       # a GroupNorm after each convolution
   ema_decay: float = 0.0   # keep a running average of the weights, per step, and embed with it
+  gray: float = 0.0        # the share of training sprites shown in gray (their colors averaged)
 
 
-# Version 3's GroupNorm names held-out emoji classes more often under cross-validation, but its
-# space sets the training sprites apart from held-out ones (a copier scores 1.2x the floor's
-# FID). Version 4's running average of the weights names as many as version 2 and sets them
-# apart a little less, but is gentler on DawnLike's models, bad and good. Both are switches
-# (eval.feature_version), not the default (docs/yardstick.md).
+# Versions 3-5 are switches (eval.feature_version), not the default; docs/yardstick.md has their
+# numbers. 3 names more held-out emoji under cross-validation, but its space sets the training
+# sprites apart from held-out ones (a copier scores 1.2x the floor's FID); 4 names as many as 2
+# and sets them apart a little less, but is gentler on DawnLike's models, bad and good; 5 shows
+# a fifth of its training sprites in gray, so that a class rests on shape as well as color: 2
+# points more of DawnLike's test split named, as many emoji, the copier set apart as by 3.
 # An entry reaches the cache key only through its number: change one and make a new version.
-VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999)}
+VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999),
+            5: Version(gray=0.2)}
 FEATURE_DIM = 64  # small on purpose: FID's bias grows with dim / set size (Chong & Forsyth 2020)
 DAMAGES = ('clean', 'noise', 'speckle', 'blur')  # the damage head's classes
 TEXTURE_CHANNELS = 16  # first-layer channels whose mean and spread join the feature
@@ -111,6 +114,10 @@ class Recipe:
   def ema_decay(self) -> float:
     return VERSIONS[self.version].ema_decay
 
+  @property
+  def gray(self) -> float:
+    return VERSIONS[self.version].gray
+
   def key(self) -> str:
     """A folder-name key: readable version, steps and seed, plus a digest of every field."""
     fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -145,6 +152,12 @@ def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
   size = x.shape[1]
   return jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), (size, size, 3)))(
       padded, oy, ox)
+
+
+def _to_gray(key: jax.Array, x: jax.Array, share: float) -> jax.Array:
+  """A random `share` of the sprites with each pixel's colors averaged (white stays white)."""
+  gray = jnp.broadcast_to(jnp.mean(x, axis=-1, keepdims=True), x.shape)
+  return jnp.where(jax.random.bernoulli(key, share, (x.shape[0], 1, 1, 1)), gray, x)
 
 
 def _targets(key, images, labels, rotation: bool):
@@ -199,8 +212,10 @@ def train_params(images: np.ndarray, labels: np.ndarray, num_classes: int, recip
   def step(params, opt_state, average, i):
     k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
     idx = jax.random.randint(jax.random.fold_in(k, 0), (batch_size,), 0, x_all.shape[0])
-    x, y = _targets(jax.random.fold_in(k, 2), _augment(jax.random.fold_in(k, 1), x_all[idx]),
-                    y_all[idx], rotation)
+    x = _augment(jax.random.fold_in(k, 1), x_all[idx])
+    if recipe.gray:
+      x = _to_gray(jax.random.fold_in(k, 4), x, recipe.gray)
+    x, y = _targets(jax.random.fold_in(k, 2), x, y_all[idx], rotation)
     x, kind = damage(jax.random.fold_in(k, 3), x)
     grads = jax.grad(loss_fn)(params, x, y, kind)
     updates, opt_state = tx.update(grads, opt_state, params)
