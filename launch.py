@@ -13,12 +13,10 @@ The config file's presets are chosen after the colon; any key can be overridden 
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments.runtime import cli, hosts, logs
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file[:preset].',
-                                          lock_config=True)
+_CONFIG = cli.define_config('Config file[:preset].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder; default runs/<config>[-<preset>].')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'show', 'eval'],
                           'What to do (show: pictures of the forward process and the context).')

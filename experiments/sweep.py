@@ -18,15 +18,13 @@ import os
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import evaluate, from_config
 from experiments.data import dataset
 from experiments.runtime import checkpoints, cli, errors, files, hosts, logs
 from experiments.sweeps import plan, report, table, training
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file[:preset].',
-                                          lock_config=True)
+_CONFIG = cli.define_config('Base config file[:preset].', lock_config=True)
 _SWEEP = flags.DEFINE_string('sweep', None, 'Python file defining get_sweep().')
 _ROOT = flags.DEFINE_string('root', 'runs/sweeps', 'Where the sweep folders go.')
 _SEEDS = flags.DEFINE_integer('seeds', 0, 'Runs per point (seeds base..base+N-1); 0: the '

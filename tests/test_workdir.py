@@ -174,6 +174,19 @@ def test_a_missing_config_file_or_preset_is_named_without_a_traceback(tmp_path, 
   assert not os.listdir(tmp_path)
 
 
+def test_a_flagfile_is_checked_like_the_command_line(tmp_path):
+  given = tmp_path / 'flags.txt'
+  given.write_text('--config=configs/sprites.py:cpuu\n', encoding='utf-8')
+  done = _launch(f'--flagfile={given}', f'--workdir={tmp_path / "run"}')
+  assert done.returncode == 1 and 'Traceback' not in done.stderr
+  assert "--config=configs/sprites.py:cpuu: Unknown preset 'cpuu'" in done.stderr
+  missing = tmp_path / 'nothere.txt'  # read as the config flag is defined, at import
+  done = _launch(f'--flagfile={missing}', f'--workdir={tmp_path / "run"}')
+  assert done.returncode == 1 and 'Traceback' not in done.stderr
+  assert 'Unable to open flagfile' in done.stderr and str(missing) in done.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def test_divergence_before_any_checkpoint_says_so(tmp_path):
   mngr = checkpoints.manager(str(tmp_path), 2)
   with pytest.raises(FloatingPointError, match='No checkpoint was saved yet') as error:

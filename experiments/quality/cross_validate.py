@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from experiments.data import dataset
 from experiments.quality import features, floor
@@ -86,7 +85,7 @@ def _mean(values: list) -> float | None:
 
 if __name__ == '__main__':
   # Defined here, not on import: tests import this module beside others that define --config.
-  config_flags.DEFINE_config_file('config', None, 'Config file[:preset] (its data.* and eval.*).')
+  cli.define_config('Config file[:preset] (its data.* and eval.*).')
   flags.DEFINE_integer('steps', features.Recipe.steps, 'Training steps.')
   flags.DEFINE_integer('width', features.Recipe.width, 'First layer channels.')
   flags.DEFINE_enum('pool', features.Recipe.pool, ['mean_max', 'flatten'], 'Last map.')

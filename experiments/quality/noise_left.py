@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from diffusion import denoiser, gaussian, samplers, schedules
 from experiments import from_config
@@ -133,7 +132,7 @@ def main(argv):
 
 if __name__ == '__main__':
   # Defined here, not on import: tests import this module beside others that define --config.
-  config_flags.DEFINE_config_file('config', None, 'Config file[:preset] of the run.')
+  cli.define_config('Config file[:preset] of the run.')
   flags.DEFINE_string('workdir', None, 'The trained run (its latest checkpoint).')
   flags.DEFINE_list('logsnr', ['-2', '0', '2', '4', '5', '6', '8'], 'Levels to noise to.')
   flags.DEFINE_bool('guided', False, 'With the config\'s autoguidance and classifier-free '

@@ -1,10 +1,11 @@
 """The command-line tools' flag parsing: absl's, with one clear line for the mistakes a user makes
-with --config instead of a traceback from inside ml_collections."""
+with --config (or a --flagfile) instead of a traceback from inside ml_collections."""
 import os
 import sys
 import textwrap
 
 from absl import flags
+from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-help', '-h', '-?')
@@ -21,17 +22,38 @@ def _config_arg(argv) -> str | None:
   return value
 
 
+def _expanded(argv) -> list[str]:
+  """argv with the flags of any --flagfile spliced in, as absl reads them (argv itself when a
+  flagfile cannot be read: absl then says which)."""
+  try:
+    return argv[:1] + flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  except flags.Error:
+    return list(argv)
+
+
 def _refuse(message: str):
   print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
   sys.exit(1)
 
 
+def define_config(help_text: str, **kwargs):
+  """config_flags.DEFINE_config_file('config', ...). It reads every --flagfile on the command line
+  as it is defined (at import), so a flagfile that cannot be read is named here in one line, not
+  by a traceback from the import."""
+  try:
+    flags.FLAGS.read_flags_from_files(sys.argv[1:], force_gnu=False)
+  except flags.Error as error:
+    _refuse(str(error).removeprefix('ERROR:: ').strip())
+  return config_flags.DEFINE_config_file('config', None, help_text, **kwargs)
+
+
 def parse_flags(argv):
   """absl's parsing, with a clear message instead of a traceback from inside ml_collections for
   a config file that is not there (run from another folder), an error the config file raises on
-  a bad value (an unknown preset, or a preset where the file has none), and a --config.* override that names no key (config_flags
-  raises AttributeError or KeyError there, not a flags error)."""
-  given = _config_arg(argv)
+  a bad value (an unknown preset, or a preset where the file has none), and a --config.*
+  override that names no key (config_flags raises AttributeError or KeyError there, not a flags
+  error); in a --flagfile too."""
+  given = _config_arg(_expanded(argv))
   asks_help = any(arg in _HELP for arg in argv)
   if given is not None and not asks_help and not os.path.isfile(given.split(':', 1)[0]):
     path = given.split(':', 1)[0]
@@ -58,7 +80,7 @@ def parse_flags(argv):
       e = e.args[0]
     name, _, hint = str(e.args[0] if e.args else e).partition('\n')
     name = name.strip('\'"')
-    overrides = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    overrides = [a.split('=', 1)[0] for a in _expanded(argv) if a.startswith('--config.')]
     flag = next((a for a in overrides if name in a.split('.')[1:]), None)
     if flag is None:  # not an override's key: an error inside the config file itself
       raise
