@@ -156,7 +156,7 @@ def _eval() -> ml_collections.ConfigDict:
   s.repeats = 10           # metrics averaged over this many redrawn halves of the reference
   s.seed = 0               # the halves of the reference and the order of the samples
   s.batch_size = 1024      # rows per block of the feature network and of pairwise distances
-  s.feature_version = 2    # the feature network's version (3: GroupNorm, 4: EMA, 5: gray; in its cache key)
+  s.feature_version = 2    # feature network version (3: GroupNorm, 4: EMA, 5: gray; in its cache key)
   s.feature_steps = 3_000  # training steps of the sprite feature network (in its cache key)
   s.feature_seed = 0       # its seed (in its cache key)
   s.feature_width = 32     # its first layer's channels (in its cache key)
