@@ -174,12 +174,18 @@ def test_a_missing_config_file_or_preset_is_named_without_a_traceback(tmp_path, 
   assert not os.listdir(tmp_path)
 
 
-def test_a_flagfile_is_checked_like_the_command_line(tmp_path):
+@pytest.mark.parametrize('lines, says', [
+    (['--config=configs/sprite.py'], '--config=configs/sprite.py: no config file at'),
+    (['--config=configs/sprites.py:cpuu'], "--config=configs/sprites.py:cpuu: Unknown preset 'cpuu'"),
+    (['--config=configs/sprites.py:smoke', '--config.train.stepz=3'],
+     "--config.train.stepz: the config has no key 'stepz'"),
+])
+def test_a_flagfile_is_checked_like_the_command_line(tmp_path, lines, says):
   given = tmp_path / 'flags.txt'
-  given.write_text('--config=configs/sprites.py:cpuu\n', encoding='utf-8')
+  given.write_text('\n'.join(lines) + '\n', encoding='utf-8')
   done = _launch(f'--flagfile={given}', f'--workdir={tmp_path / "run"}')
   assert done.returncode == 1 and 'Traceback' not in done.stderr
-  assert "--config=configs/sprites.py:cpuu: Unknown preset 'cpuu'" in done.stderr
+  assert says in done.stderr
   missing = tmp_path / 'nothere.txt'  # read as the config flag is defined, at import
   done = _launch(f'--flagfile={missing}', f'--workdir={tmp_path / "run"}')
   assert done.returncode == 1 and 'Traceback' not in done.stderr

@@ -90,7 +90,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('width', features.Recipe.width, 'First layer channels.')
   flags.DEFINE_enum('pool', features.Recipe.pool, ['mean_max', 'flatten'], 'Last map.')
   flags.DEFINE_enum('version', str(features.VERSION), list(map(str, features.VERSIONS)),
-                    'Feature network version (3: GroupNorm, 4: EMA of the weights).')
+                    'Feature network version (3: GroupNorm, 4: EMA of the weights, 5: gray).')
   flags.DEFINE_integer('seed', 0, 'Seed of the network and its batches.')
   flags.DEFINE_integer('folds', 4, 'Folds (groups of variants kept whole).')
   flags.mark_flags_as_required(['config'])
