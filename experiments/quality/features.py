@@ -48,8 +48,8 @@ class Version(NamedTuple):
 # sprites apart from held-out ones (a copier scores 1.2x the floor's FID); 4 names as many as 2
 # and sets them apart a little less, but is gentler on DawnLike's models, bad and good; 5 shows
 # a fifth of its training sprites in gray, so that a class rests on shape as well as color: 2
-# points more of DawnLike's test split named, as many emoji, but on the test split the copier
-# set apart as by 3.
+# points more of DawnLike's test split named, as many emoji, 5 fewer OpenMoji, and on the test
+# split the copier set apart as by 3.
 # An entry reaches the cache key only through its number: change one and make a new version.
 VERSIONS = {2: Version(), 3: Version(norm=True), 4: Version(ema_decay=0.999),
             5: Version(gray=0.2)}
