@@ -53,7 +53,8 @@ def parse_flags(argv):
   a bad value (an unknown preset, or a preset where the file has none), and a --config.*
   override that names no key (config_flags raises AttributeError or KeyError there, not a flags
   error); in a --flagfile too."""
-  given = _config_arg(_expanded(argv))
+  expanded = _expanded(argv)  # flagfiles read once, for both checks below
+  given = _config_arg(expanded)
   asks_help = any(arg in _HELP for arg in argv)
   if given is not None and not asks_help and not os.path.isfile(given.split(':', 1)[0]):
     path = given.split(':', 1)[0]
@@ -80,10 +81,10 @@ def parse_flags(argv):
       e = e.args[0]
     name, _, hint = str(e.args[0] if e.args else e).partition('\n')
     name = name.strip('\'"')
-    overrides = [a.split('=', 1)[0] for a in _expanded(argv) if a.startswith('--config.')]
+    overrides = [a.split('=', 1)[0] for a in expanded if a.startswith('--config.')]
     flag = next((a for a in overrides if name in a.split('.')[1:]), None)
     if flag is None:  # not an override's key: an error inside the config file itself
       raise
     _refuse(f'{flag}: the config has no key {name!r}'
-            f'{" (" + hint.strip() + ")" if hint.strip() else ""}. Keys are --config.<section>.<key>, '
-            'as listed in configs/base.py.')
+            f'{" (" + hint.strip() + ")" if hint.strip() else ""}. Keys are '
+            '--config.<section>.<key>, as listed in configs/base.py.')
