@@ -19,10 +19,12 @@ unit-variance inputs at unit variance instead:
 Not taken: config E, forced weight normalisation of the stored weights with an inverse-square-
 root learning-rate decay (the forward pass normalises the weights either way; over a short run
 their slow growth acts as a gentle decay of the step, beside the presets' own decay); config
-B's learned per-level loss weights; the clip of activations at +-256; and EDM2's downsampling
-blocks (the layout's 2x2 average pool goes to the skips as it is, a little under unit size,
-where EDM2's block would normalise it). Adam's steps are relative to unit-size weights here, so
-this network wants a higher learning rate than the ADM one (EDM2: 1e-2).
+B's learned per-level loss weights (tried on the ADM-style network, patched in: on emoji
+grainier and further from real, docs/ablations.md); the clip of activations at +-256; and
+EDM2's downsampling blocks (the layout's 2x2 average pool goes to the skips as it is, a little
+under unit size, where EDM2's block would normalise it). Adam's steps are relative to
+unit-size weights here, so this network wants a higher learning rate than the ADM one (EDM2:
+1e-2).
 """
 import math
 
