@@ -186,6 +186,10 @@ def test_a_flagfile_is_checked_like_the_command_line(tmp_path, lines, says):
   done = _launch(f'--flagfile={given}', f'--workdir={tmp_path / "run"}')
   assert done.returncode == 1 and 'Traceback' not in done.stderr
   assert says in done.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_an_unreadable_flagfile_is_named_without_a_traceback(tmp_path):
   missing = tmp_path / 'nothere.txt'  # read as the config flag is defined, at import
   done = _launch(f'--flagfile={missing}', f'--workdir={tmp_path / "run"}')
   assert done.returncode == 1 and 'Traceback' not in done.stderr
