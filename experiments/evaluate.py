@@ -26,7 +26,8 @@ from diffusion import registry
 from experiments import from_config, sample
 from experiments.data import dataset
 from experiments.pictures import canvas
-from experiments.quality import audit, features, floor, grain, metrics, report as report_lib
+from experiments.quality import audit, feature_cache, features, floor, grain, metrics
+from experiments.quality import report as report_lib
 from experiments.runtime import checkpoints, drawing, files, hosts, parallel
 
 REFERENCES = ('test', 'train')
@@ -170,8 +171,9 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
     name_version = f'{b.builder_config.name}-{b.version}'
     recipe = feature_recipe(eval_cfg)
-    net = features.load_or_train(features.cache_dir(config.data.data_dir, name_version, recipe),
-                                 train, heldout, dataset_name=name_version, recipe=recipe)
+    net = feature_cache.load_or_train(
+        feature_cache.cache_dir(config.data.data_dir, name_version, recipe), train, heldout,
+        dataset_name=name_version, recipe=recipe)
     trained = time.perf_counter()
     report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
                            repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,

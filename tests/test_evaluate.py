@@ -1,5 +1,6 @@
 """--mode=eval end to end on a tiny run; the floor; the audit on real copies; bad input fails."""
 import dataclasses
+import functools
 import json
 import os
 
@@ -14,7 +15,8 @@ from configs import sprites
 from diffusion import schedules
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
-from experiments.quality import cross_validate, features, floor as floor_lib, grain, noise_left
+from experiments.quality import cross_validate, feature_cache, features, floor as floor_lib, grain
+from experiments.quality import noise_left
 from experiments.quality import report as quality_report
 
 # A feature network of a few steps: the pipeline, not its quality, is under test here.
@@ -129,9 +131,9 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir, ver
   jax.tree.map(np.testing.assert_array_equal, a, b)
   config.data.data_dir = str(tmp_path)  # a fresh cache folder, the same dataset name
   test = dataset.load(config.data, 'test')
-  folder = features.cache_dir(config.data.data_dir, 'sprites_x', recipe)
-  first = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
-  again = features.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
+  folder = feature_cache.cache_dir(config.data.data_dir, 'sprites_x', recipe)
+  first = feature_cache.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
+  again = feature_cache.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
   assert first.info['batch_size'] == 8 and first.info['width'] == 32
   assert first.info['pool'] == 'mean_max' and first.info['version'] == version
@@ -203,10 +205,11 @@ def test_the_feature_cache_key_changes_with_every_setting():
              features.Recipe(batch_size=128), features.Recipe(learning_rate=1e-3),
              features.Recipe(pool='flatten'), features.Recipe(version=3),
              features.Recipe(version=4)]
-  folders = {features.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
+  folders = {feature_cache.cache_dir('/d', 'emoji_16-1.2.0', r) for r in [base] + changed}
   assert len(folders) == 1 + len(changed)
-  assert features.cache_dir('/d', 'emoji', base) == features.cache_dir('/d', 'emoji', features.Recipe())
-  assert features.cache_dir('/d', 'emoji', base) != features.cache_dir('/d', 'dawnlike', base)
+  folder = functools.partial(feature_cache.cache_dir, '/d')
+  assert folder('emoji', base) == folder('emoji', features.Recipe())
+  assert folder('emoji', base) != folder('dawnlike', base)
   # readable at a glance, and version 2's folders keep the names they had before the version
   # became a field, so the networks cached then are still read
   assert base.key() == 'v2-steps3000-seed0-1b430893'
@@ -238,8 +241,9 @@ def test_fid_in_the_sprite_space_rises_with_noise(data_dir):
   config = _eval_config(data_dir)
   real, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
   recipe = features.Recipe(steps=200)  # 20 steps train too little damage head to rely on
-  net = features.load_or_train(features.cache_dir(config.data.data_dir, 'emoji_quick', recipe),
-                               real, test, dataset_name='emoji_quick', recipe=recipe)
+  net = feature_cache.load_or_train(
+      feature_cache.cache_dir(config.data.data_dir, 'emoji_quick', recipe), real, test,
+      dataset_name='emoji_quick', recipe=recipe)
   ref_f = features.embed(net, test.images)[0]
   clean = dataset.to_model(real.images[:300])
   rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ speckles of random color, blur. A classifier alone learns to ignore such damage,
 would call a noisy half-trained model's mush real (Heusel et al. 2017 showed that FID must rise
 with exactly these disturbances); the damage head makes the space see them. The network is
 deterministic given its seed (batches, augmentations and damage from fold_in(key, step)), cached
-on disk per dataset and Recipe (its version and every training setting are in the folder's name),
-and its held-out class accuracy is stored with it.
+on disk per dataset and Recipe by feature_cache (its version and every training setting are in
+the folder's name), and its held-out class accuracy is stored with it.
 
 A dataset without classes trains the same network to tell the four rotations of a sprite
 apart (Gidaris et al. 2018), a label-free task that still needs shape features.
@@ -18,20 +18,15 @@ import functools
 import hashlib
 import json
 import math
-import os
-import time
 from typing import NamedTuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
 from experiments.data import dataset
-from experiments.runtime import files
 
 VERSION = 2  # the default; a new version when the network, its training or its inputs change
 
@@ -271,7 +266,7 @@ def class_accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray | Non
   return float(np.mean(np.asarray(embed(net, images)[1]) == labels))
 
 
-def _damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | None:
+def damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | None:
   """How often the damage head names the damage (or its absence) of damaged held-out sprites."""
   if len(images) == 0:
     return None
@@ -279,51 +274,3 @@ def _damage_accuracy(net: FeatureNet, images: np.ndarray, seed: int) -> float | 
   predicted = _forward(net.params, jnp.asarray(dataset.to_uint8(x)), net.num_classes,
                        net.width, net.pool, net.norm)[2]
   return float(np.mean(np.asarray(predicted) == np.asarray(kind)))
-
-
-def cache_dir(data_dir: str, dataset_name: str, recipe: Recipe) -> str:
-  """One folder per dataset config (source, size, folder hash), network version and recipe."""
-  return os.path.join(os.path.expanduser(data_dir), 'sprite_features',
-                      f'{dataset_name}-{recipe.key()}')
-
-
-def load_or_train(folder: str, train: dataset.SpriteData, test: dataset.SpriteData, *,
-                  dataset_name: str, recipe: Recipe) -> FeatureNet:
-  """The network cached in `folder` (see cache_dir), or a freshly trained one (then cached)."""
-  labeled = train.num_classes > 0
-  num_classes = train.num_classes if labeled else 4
-  module = SpriteNet(num_classes, recipe.width, recipe.pool, recipe.norm)
-  template = jax.eval_shape(lambda: module.init(jax.random.key(0),
-                                                jnp.zeros((1,) + train.images.shape[1:])))
-  if os.path.exists(os.path.join(folder, 'info.json')):
-    with open(os.path.join(folder, 'params.msgpack'), 'rb') as f:
-      params = flax.serialization.from_bytes(template, f.read())
-    with open(os.path.join(folder, 'info.json'), encoding='utf-8') as f:
-      info = json.load(f)
-    return FeatureNet(jax.tree.map(jnp.asarray, params), num_classes, info['feature_scale'], info,
-                      recipe.width, recipe.pool, recipe.norm)
-  logging.info('Training the sprite feature network for %s (once; cached in %s).', dataset_name,
-               folder)
-  start = time.perf_counter()
-  params = train_params(train.images, train.labels if labeled else None, num_classes, recipe)
-  net = FeatureNet(params, num_classes, width=recipe.width, pool=recipe.pool, norm=recipe.norm)
-  mean_sq = float(jnp.mean(jnp.sum(embed(net, train.images)[0] ** 2, axis=1))) / FEATURE_DIM
-  net = dataclasses.replace(net, scale=1.0 / max(mean_sq, 1e-12) ** 0.5)
-  info = {'dataset': dataset_name, 'task': 'class' if labeled else 'rotation',
-          **dataclasses.asdict(recipe), 'feature_dim': FEATURE_DIM, 'feature_scale': net.scale,
-          'train_accuracy': class_accuracy(net, train.images, train.labels if labeled else None),
-          'test_accuracy': class_accuracy(net, test.images, test.labels if labeled else None),
-          'test_damage_accuracy': _damage_accuracy(net, test.images, recipe.seed),
-          'train_seconds': round(time.perf_counter() - start, 2), 'backend': jax.default_backend()}
-  if files.is_writer():
-    _write_atomically(folder, flax.serialization.to_bytes(params), info)
-  return dataclasses.replace(net, info=info)
-
-
-def _write_atomically(folder: str, params: bytes, info: dict) -> None:
-  """Each file renamed into place, info.json last: a half-written cache is never read as
-  complete, and another process reading the cache while this one rewrites it (sweep shards
-  sharing a data_dir) sees the old weights or the new, never half of them."""
-  files.write_bytes(os.path.join(folder, 'params.msgpack'), params)
-  files.write_json(os.path.join(folder, 'info.json'), info)
-
