@@ -53,6 +53,7 @@ def _diffusion() -> ml_collections.ConfigDict:
   s.prediction = 'eps'    # eps | x0 | v | edm (EDM preconditioning)
   s.sigma_data = 0.5      # edm preconditioning and weighting
   s.loss_weighting = 'simple'  # see diffusion.losses.WEIGHTINGS
+  s.loss_norm = 'l2'      # l2: squared error (the posterior mean) | l1: absolute error (its median)
   s.min_snr_gamma = 5.0   # min_snr weighting
   s.sigmoid_bias = 2.0    # sigmoid weighting (Kingma & Gao 2023)
   s.cond_drop_rate = 0.1  # share of examples trained with the null context

@@ -87,6 +87,7 @@ ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
 
 NAMES = {'model.name': models.MODELS, 'diffusion.schedule': schedules.SCHEDULES,
          'diffusion.prediction': gaussian.PREDICTIONS, 'diffusion.loss_weighting': losses.WEIGHTINGS,
+         'diffusion.loss_norm': losses.NORMS,
          'sample.sampler': samplers.SAMPLERS, 'sample.clip_x0': denoiser.THRESHOLDS}
 
 

@@ -79,6 +79,7 @@ def validate(config) -> None:
   registry.check(config.model.dtype, DTYPES, 'model.dtype')
   gaussian.get(diffusion.prediction)
   registry.check(diffusion.loss_weighting, losses.WEIGHTINGS, 'diffusion.loss_weighting')
+  registry.check(diffusion.loss_norm, losses.NORMS, 'diffusion.loss_norm')
   samplers.get(sample.sampler)
   registry.check(sample.clip_x0, denoiser.THRESHOLDS, 'sample.clip_x0')
   _check(not (diffusion.zero_terminal_snr and diffusion.prediction == 'eps'),
@@ -208,7 +209,7 @@ def loss_kwargs(diffusion_cfg) -> dict:
   """Keyword arguments of diffusion.losses.diffusion_loss that come from the config."""
   cfg = diffusion_cfg
   return dict(prediction=cfg.prediction, weighting=cfg.loss_weighting, sigma_data=cfg.sigma_data,
-              min_snr_gamma=cfg.min_snr_gamma, sigmoid_bias=cfg.sigmoid_bias)
+              min_snr_gamma=cfg.min_snr_gamma, sigmoid_bias=cfg.sigmoid_bias, norm=cfg.loss_norm)
 
 
 def train_step_kwargs(config, num_classes: int, backend: str) -> dict:
@@ -282,7 +283,8 @@ def multi_train_kwargs(configs, num_classes: int, backend: str) -> dict:
   diffusion = config.diffusion
   return dict(unit_tx=optimizer(unit), logsnr_fn=logsnr_fn(diffusion),
               prediction=diffusion.prediction, weighting=diffusion.loss_weighting,
-              timesteps=diffusion.timesteps, batch_size=config.train.batch_size,
+              norm=diffusion.loss_norm, timesteps=diffusion.timesteps,
+              batch_size=config.train.batch_size,
               hflip=config.train.hflip, importance=diffusion.importance,
               self_cond=config.model.self_cond,
               num_classes=num_classes, steps_per_dispatch=steps_per_dispatch(config.train, backend))

@@ -53,6 +53,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ('sample.sampler', 'plms', 'Unknown sample.sampler'),
     ('diffusion.prediction', 'score', 'Unknown diffusion.prediction'),
     ('diffusion.loss_weighting', 'p2', 'Unknown diffusion.loss_weighting'),
+    ('diffusion.loss_norm', 'huber', 'Unknown diffusion.loss_norm'),
     ('train.steps_per_dispatch', 7, 'multiple of train.steps_per_dispatch'),
     ('train.steps_per_dispatch', -1, 'multiple of train.steps_per_dispatch'),
     ('data.image_size', 18, 'multiple of 4'),

@@ -126,6 +126,38 @@ def test_simple_weighting_is_plain_mse_on_the_target():
                              rtol=1e-5)
 
 
+def test_l1_gives_every_value_an_equal_share_of_l2s_gradient():
+  """example_error's l1: value 2 mae^2, gradient 2 mae sign(d) / n per value, whose mean size is
+  l2's; with a weighting, diffusion_loss is that weight times it."""
+  out, goal = _data(1)
+  n = out[0].size
+  mae = np.mean(np.abs(np.asarray(out - goal)), axis=(1, 2, 3))
+  np.testing.assert_allclose(np.asarray(losses.example_error(out, goal, 'l1')), 2 * mae**2,
+                             rtol=1e-5)
+  def grad(norm):
+    return np.asarray(jax.grad(lambda o: jnp.sum(losses.example_error(o, goal, norm)))(out))
+  g1, g2 = grad('l1'), grad('l2')
+  np.testing.assert_allclose(g1, 2 * mae[:, None, None, None] * np.sign(np.asarray(out - goal)) / n,
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.mean(np.abs(g1), axis=(1, 2, 3)),
+                             np.mean(np.abs(g2), axis=(1, 2, 3)), rtol=1e-5)
+  assert not np.allclose(np.abs(g1), np.abs(g2))  # but shared out equally, not by the error
+  x0, eps = _data()
+  t = jnp.linspace(0.1, 0.9, 5)
+  model = lambda x, t_, logsnr, context: x * 0.3
+  kwargs = dict(model_fn=model, x0=x0, t=t, eps=eps, context=None, logsnr_fn=schedules.cosine(),
+                prediction='v', weighting='min_snr')
+  logsnr = schedules.cosine()(t)
+  x_t = gaussian.diffuse(x0=x0, eps=eps, logsnr=logsnr)
+  goal = gaussian.target(x0=x0, eps=eps, logsnr=logsnr, prediction='v')
+  want = losses.loss_weight('min_snr', logsnr=logsnr, prediction='v') * losses.example_error(
+      0.3 * x_t, goal, 'l1')
+  np.testing.assert_allclose(np.asarray(losses.diffusion_loss(**kwargs, norm='l1')),
+                             np.asarray(want), rtol=1e-5)
+  with pytest.raises(ValueError, match='Unknown loss norm'):
+    losses.example_error(out, goal, 'l3')
+
+
 def test_self_conditioning_shows_every_other_example_its_own_clipped_estimate():
   """Rows 0, 2, .. get x0_hat from a pass with zeros (clipped, no gradient), rows 1, 3, .. zeros."""
   logsnr_fn = schedules.cosine()

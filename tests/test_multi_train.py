@@ -17,12 +17,13 @@ MEMBERS = [{'seed': 0},
             'diffusion.sigma_data': 0.7}]
 
 
-def _configs(data_dir):
+def _configs(data_dir, norm='l2'):
   out = []
   for overrides in MEMBERS:
     c = tiny_config(data_dir, **{k: v for k, v in overrides.items() if '.' in k})
     c.seed = overrides['seed']
     c.diffusion.loss_weighting = 'min_snr'
+    c.diffusion.loss_norm = norm
     out.append(c)
   return out
 
@@ -65,8 +66,9 @@ def _together(configs, mesh, data, steps):
   return [jax.device_get(s) for s in multi_train.unstack(states, mesh)], np.stack(losses, 1)
 
 
-def test_vmapped_models_equal_separate_runs(data_dir):
-  configs = _configs(data_dir)
+@pytest.mark.parametrize('norm', ['l2', 'l1'])
+def test_vmapped_models_equal_separate_runs(data_dir, norm):
+  configs = _configs(data_dir, norm)
   mesh = parallel.make_mesh()
   data = _data(mesh)
   together, losses = _together(configs, mesh, data, 2)

@@ -207,13 +207,14 @@ def test_hflip_mirrors_part_of_the_batch_and_leaves_the_rest_as_without_it():
   assert np.all(same | mirrored) and 10 < mirrored.sum() < 54  # about half of 64
 
 
-def test_importance_drawn_levels_train_finite_and_differently_from_uniform(data_dir):
+def test_importance_drawn_levels_and_the_l1_norm_train_finite_and_differently(data_dir):
   mesh = parallel.make_mesh()
   images = np.random.default_rng(0).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
   losses_seen = []
-  for importance in (0.0, 0.9):
+  for importance, norm in ((0.0, 'l2'), (0.9, 'l2'), (0.9, 'l1')):
     config = tiny_config(data_dir, **{'diffusion.loss_weighting': 'min_snr',
-                                      'diffusion.importance': importance})
+                                      'diffusion.importance': importance,
+                                      'diffusion.loss_norm': norm})
     kwargs = from_config.state_kwargs(config, 8)
     state = state_lib.create(mesh=mesh, **kwargs)
     step = train_step.make(model=kwargs['model'], tx=kwargs['tx'], mesh=mesh,
@@ -221,7 +222,7 @@ def test_importance_drawn_levels_train_finite_and_differently_from_uniform(data_
     data = parallel.put_replicated((images, np.arange(64, dtype=np.int32) % 8), mesh)
     state, metrics = step(state, *data, state_lib.train_key(0))
     losses_seen.append(float(metrics['loss']))
-  assert all(np.isfinite(losses_seen)) and losses_seen[0] != losses_seen[1]
+  assert all(np.isfinite(losses_seen)) and len(set(losses_seen)) == 3
 
 
 @pytest.mark.parametrize('use_ema', [True, False])

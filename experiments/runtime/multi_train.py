@@ -56,7 +56,7 @@ def unstack(tree, mesh) -> list:
 
 
 def make(*, model, unit_tx: optax.GradientTransformation, logsnr_fn, prediction: str,
-         weighting: str, timesteps: int, batch_size: int, num_classes: int,
+         weighting: str, timesteps: int, batch_size: int, num_classes: int, norm: str = 'l2',
          steps_per_dispatch: int, mesh, hflip: bool = False, importance: float = 0.0,
          self_cond: bool = False):
   """train(states, images, labels, keys, settings) -> (states, metrics of shape [k]).
@@ -68,7 +68,7 @@ def make(*, model, unit_tx: optax.GradientTransformation, logsnr_fn, prediction:
     one_step = train_step.make_one_step(
         model=model, tx=scaled(unit_tx, s.learning_rate), logsnr_fn=logsnr_fn,
         loss_kwargs=dict(prediction=prediction, weighting=weighting, sigma_data=s.sigma_data,
-                         min_snr_gamma=s.min_snr_gamma, sigmoid_bias=s.sigmoid_bias),
+                         min_snr_gamma=s.min_snr_gamma, sigmoid_bias=s.sigmoid_bias, norm=norm),
         timesteps=timesteps, batch_size=batch_size, num_classes=num_classes,
         cond_drop_rate=s.cond_drop_rate, ema_halflife_kimg=s.ema_halflife_kimg,
         ema_rampup=s.ema_rampup, mesh=mesh, hflip=hflip, importance=importance,

@@ -37,7 +37,9 @@ def _levels(key, logsnr_fn, loss_kwargs: dict, timesteps: int, batch_size: int,
   if not importance:  # the draw every run before importance sampling made, kept bit for bit
     t = jax.random.randint(key, (batch_size,), 1, timesteps + 1).astype(jnp.float32)
     return t / timesteps, jnp.ones((batch_size,), jnp.float32)
-  weights = losses.level_weights(logsnr_fn, timesteps, **loss_kwargs)
+  # the norm of the error leaves each level's weight as it is
+  weights = losses.level_weights(logsnr_fn, timesteps,
+                                 **{k: v for k, v in loss_kwargs.items() if k != 'norm'})
   return losses.importance_levels(key, weights, batch_size, importance)
 
 
