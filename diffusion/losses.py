@@ -6,13 +6,14 @@ w_x0 * k * |out - target|^2, where k = x0_error_scale converts its own error to 
 space. So a weighting means the same thing whatever the network predicts, and
 "simple" is the exception by design: the plain MSE on the network's own target (L_simple).
 
-The norm of the error is a switch (NORMS). The squared error trains the network towards the
-mean of the clean sprites that could lie under x_t, value by value; the absolute error towards
-their median. Where a pixel could be one of a few flat colours, the mean blends them by their
-odds, a blend that differs from pixel to pixel; the median is the colour itself wherever one
-holds more than half the odds. Per pixel, L2 also
-spends its gradient in proportion to the error, on edges and on the colour of a region, and
-little on the small errors that speckle a flat fill; L1 gives every value the same share.
+The norm of the error is a switch (NORMS). The squared error trains the network towards the mean
+of the clean sprites that could lie under x_t, value by value; the absolute error towards their
+median. Where a pixel could be one of a few flat colours, the mean blends them by their odds, a
+blend that differs from pixel to pixel; the median is the colour itself wherever one holds more
+than half the odds. Per pixel, L2 also spends its gradient in proportion to the error, on edges
+and on the colour of a region, and little on the small errors that speckle a flat fill; L1 gives
+every value the same share. The median has its price: it pulls colours towards a set's commonest
+(DawnLike's browns), so l1 is a switch and not the presets' (docs/ablations.md).
 """
 from typing import Callable
 

@@ -65,4 +65,3 @@ def _write_atomically(folder: str, params: bytes, info: dict) -> None:
   sharing a data_dir) sees the old weights or the new, never half of them."""
   files.write_bytes(os.path.join(folder, 'params.msgpack'), params)
   files.write_json(os.path.join(folder, 'info.json'), info)
-
