@@ -9,6 +9,8 @@ of the project's own sprite network (experiments/quality/features.py):
   conditional accuracy         the network's class of each sample vs the class asked for
   grain (grain.py)             in pixels, not features: how much of the change from pixel to
                                pixel is noise rather than edges, vs real held-out sprites
+  color use (colors.py)        in pixels: the samples' mix of the training sprites' colors vs
+                               real held-out sprites', and how few colors carry most pixels
   memorization (audit.py)      every sample's nearest training sprite, mirrors included
 Writes <workdir>/eval/<name>.json, <name>_nearest.png and (when drawn) <name>_samples.npz, copies
 the first two to <workdir>/eval.json and <workdir>/nearest.png, and prints a one-screen summary.
@@ -26,7 +28,7 @@ from diffusion import registry
 from experiments import from_config, sample
 from experiments.data import dataset
 from experiments.pictures import canvas
-from experiments.quality import audit, feature_cache, features, floor, grain, metrics
+from experiments.quality import audit, colors, feature_cache, features, floor, grain, metrics
 from experiments.quality import report as report_lib
 from experiments.runtime import checkpoints, drawing, files, hosts, parallel
 
@@ -136,6 +138,7 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
   report['conditional_accuracy'] = floor.conditional_accuracy(sample_pred, labels, held_pred,
                                                               heldout.labels)
   report['grain'] = grain.report(images, heldout.images)
+  report['colors'] = colors.report(images, heldout.images, train.images)
   near = audit.nearest_training(images, sample_f, train.images, train_f, block)
   near_held = audit.nearest_training(heldout.images, held_f, train.images, train_f, block)
   report['memorization'] = audit.report(near, near_held, len(train.images), near_copy)

@@ -15,7 +15,8 @@ from configs import sprites
 from diffusion import schedules
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
-from experiments.quality import cross_validate, feature_cache, features, floor as floor_lib, grain
+from experiments.quality import colors, cross_validate, feature_cache, features, floor as floor_lib
+from experiments.quality import grain
 from experiments.quality import noise_left
 from experiments.quality import report as quality_report
 
@@ -54,6 +55,8 @@ def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir)
   assert report['grain']['samples'] == pytest.approx(grain.grain(again['images']))
   assert report['grain']['ratio'] == pytest.approx(
       report['grain']['samples'] / report['grain']['real_heldout'])
+  real = {split: dataset.load(config.data, split).images for split in ('train', 'test')}
+  assert report['colors'] == colors.report(again['images'], real['test'], real['train'])
 
 
 def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir):

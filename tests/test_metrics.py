@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from experiments.quality import grain, metrics
+from experiments.quality import colors, grain, metrics
+from experiments.quality import report as quality_report
 
 
 def _gaussian(rng, n, d, shift=0.0, scale=1.0):
@@ -179,3 +180,54 @@ def test_grain_finds_a_speckle_and_ignores_pixels_outside_the_sprite():
   assert r['samples'] > 0 and r['real_heldout'] == 0.0 and r['ratio'] is None
   with pytest.raises(ValueError, match='at least 2x2'):
     grain.grain(np.zeros((2, 1, 5, 3), np.uint8))
+
+
+_INKS = np.array([[200, 40, 40], [40, 160, 40], [40, 40, 200], [120, 80, 20], [0, 0, 0]], np.uint8)
+
+
+def _sprites_on_white(rng, n, inks, weights):
+  """n 8x8 sprites on white: a 4x4 block of one ink each (drawn with `weights`), one pixel of it
+  black."""
+  x = np.full((n, 8, 8, 3), 255, np.uint8)
+  x[:, 2:6, 2:6] = inks[rng.choice(len(inks), n, p=weights)][:, None, None]
+  x[:, 3, 3] = 0
+  x[:, 2, 6] = 250  # an antialiased edge: within the background's tolerance
+  return x
+
+
+def test_color_use_is_the_real_mix_for_real_sprites_and_concentrated_for_one_ink():
+  rng = np.random.default_rng(0)
+  inks, even = _INKS[:4], np.full(4, 0.25)
+  train, held = (_sprites_on_white(rng, n, inks, even) for n in (400, 200))
+  assert colors.background(train).tolist() == [255, 255, 255]
+  assert len(colors.foreground(train[:1], colors.background(train))) == 16  # the block; the edge counts as white
+  like_real = colors.report(_sprites_on_white(rng, 300, inks, even), held, train)
+  assert like_real['colors'] == 5  # the four inks and black, all the set has
+  assert like_real['distance']['samples'] < 0.1 and like_real['distance']['real_train'] < 0.1
+  # per sprite 15 ink pixels and 1 black: the top 3 of 5 colors hold ~3 * 15 / 4 / 16 of them
+  assert like_real['top_share']['real_heldout'] == pytest.approx(45 / 64, abs=0.05)
+  one_ink = colors.report(_sprites_on_white(rng, 300, inks, [1, 0, 0, 0]), held, train)
+  assert one_ink['top_share']['samples'] == pytest.approx(1.0)
+  assert one_ink['distance']['samples'] == pytest.approx(45 / 64, abs=0.05)  # 15/16 vs 15/64
+  words = ' '.join(quality_report.verdict({**_verdict_base(), 'colors': one_ink}))
+  assert 'fewer colors carry them' in words
+  words = ' '.join(quality_report.verdict({**_verdict_base(), 'colors': like_real}))
+  assert 'as spread as real ones' in words
+  blank = colors.report(np.full((3, 8, 8, 3), 255, np.uint8), held, train)
+  assert blank['distance']['samples'] is None and blank['top_share']['samples'] is None
+  assert quality_report._color_words(blank) is None
+
+
+def test_color_use_maps_new_colors_to_the_nearest_training_color():
+  rng = np.random.default_rng(1)
+  train = _sprites_on_white(rng, 100, _INKS[:2], [0.5, 0.5])
+  off = _sprites_on_white(rng, 100, _INKS[:2] + 10, [0.5, 0.5])  # near-misses of the same two inks
+  r = colors.report(off, train, train)
+  assert r['distance']['samples'] < 0.15 and r['distance']['real_train'] == 0.0
+
+
+def _verdict_base():
+  copies = {'exact_copy_rate': 0.0, 'near_copy_rate': 0.0}
+  return {'fid': {'ratio': 1.0}, 'recall': {'samples': 0.8, 'floor': 0.8},
+          'conditional_accuracy': {'samples': None}, 'feature_net': {'test_accuracy': None},
+          'memorization': {'samples': copies, 'real_heldout': copies}}

@@ -19,6 +19,10 @@ def caveats(report: dict) -> list[str]:
 TRUSTED_ACCURACY = 0.7
 RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
 FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as flat as real"
+# A top-3 share up to this multiple of real sprites' counts as "colors as spread as real". Models
+# trained with l2 stood at 0.99-1.10 times real; l1 ones, whose sprites the eye sees in a few
+# browns (DawnLike) or paler, flatter shades (emoji), at 1.23-1.45 (colors.py; README).
+SPREAD_COLORS = 1.15
 
 
 def _closeness(ratio) -> str:
@@ -54,6 +58,16 @@ def _grain_words(g: dict | None) -> str | None:
 LEANING, REPRODUCING = 0.1, 0.3
 
 
+def _color_words(c: dict | None) -> str | None:
+  if not c or c['top_share']['samples'] is None or not c['top_share']['real_heldout']:
+    return None
+  mine, real = c['top_share']['samples'], c['top_share']['real_heldout']
+  return (f"colors: {100 * mine:.0f}% of pixels (background aside) in the samples' {c['top']} "
+          f"commonest colors, real sprites {100 * real:.0f}%: "
+          + ('as spread as real ones' if mine <= SPREAD_COLORS * real
+             else 'fewer colors carry them than carry real sprites'))
+
+
 def _novelty_words(mem: dict) -> str | None:
   shares = [mem.get(f'{space}_closer_than_heldout_p5') for space in ('pixel', 'feature')]
   if any(share is None for share in shares):
@@ -76,6 +90,7 @@ def verdict(report: dict) -> list[str]:
          + ('as varied as real sprites' if varied else 'less varied than real sprites'),
          _class_words(report['conditional_accuracy'], report['feature_net']['test_accuracy']),
          _grain_words(report.get('grain')),
+         _color_words(report.get('colors')),
          f"copies: {100 * mem['samples']['exact_copy_rate']:.1f}% exact, "
          f"{100 * mem['samples']['near_copy_rate']:.1f}% near (held-out real sprites: "
          f"{100 * mem['real_heldout']['near_copy_rate']:.1f}% near)",
@@ -109,6 +124,12 @@ def summary(r: dict) -> str:
   if g and g['samples'] is not None and g['real_heldout'] is not None:
     lines.append(f"{'grain (noise / edges)':22}{g['samples']:10.4f}{'':8}{g['real_heldout']:12.4f}"
                  f"{'':8}{g['ratio'] or float('nan'):8.2f}  (real held-out sprites)")
+  c = r.get('colors')
+  if c and c['distance']['samples'] is not None:
+    lines += [f"{'color mix distance':22}{c['distance']['samples']:10.4f}{'':8}"
+              f"{c['distance']['real_train']:12.4f}{'':8}  (training vs held-out sprites)",
+              f"{'pixels in top %d colors' % c['top']:22}{_pct(c['top_share']['samples']):>10}{'':8}"
+              f"{_pct(c['top_share']['real_heldout']):>12}{'':8}  (real held-out sprites)"]
   s, h = mem['samples'], mem['real_heldout']
   lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
             f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"

@@ -26,6 +26,7 @@ METRICS = (('fid', 'FID ↓', ('fid', 'samples')),
            ('recall', 'recall ↑', ('recall', 'samples')),
            ('cond_acc', 'cond. accuracy ↑', ('conditional_accuracy', 'samples')),
            ('grain', 'grain ↓', ('grain', 'samples')),
+           ('color_distance', 'color mix dist. ↓', ('colors', 'distance', 'samples')),
            ('near_copy', 'near copies ↓', ('memorization', 'samples', 'near_copy_rate')),
            ('exact_copy', 'exact copies ↓', ('memorization', 'samples', 'exact_copy_rate')))
 COSTS = ('train_minutes', 'eval_minutes', 'images_seen')
