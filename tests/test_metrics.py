@@ -216,6 +216,8 @@ def test_color_use_is_the_real_mix_for_real_sprites_and_concentrated_for_one_ink
   blank = colors.report(np.full((3, 8, 8, 3), 255, np.uint8), held, train)
   assert blank['distance']['samples'] is None and blank['top_share']['samples'] is None
   assert quality_report._color_words(blank) is None
+  no_ink = colors.report(held, held, np.full((3, 8, 8, 3), 255, np.uint8))  # nothing to map to
+  assert no_ink['colors'] == 0 and no_ink['distance']['samples'] is None
 
 
 def test_color_use_maps_new_colors_to_the_nearest_training_color():

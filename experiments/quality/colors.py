@@ -37,8 +37,8 @@ def foreground(images: np.ndarray, bg: np.ndarray) -> np.ndarray:
 
 
 def shares(pixels: np.ndarray, colors: np.ndarray) -> np.ndarray | None:
-  """[P] the share of `pixels` nearest each of `colors` (None: no pixels)."""
-  if len(pixels) == 0:
+  """[P] the share of `pixels` nearest each of `colors` (None: no pixels, or no colors)."""
+  if len(pixels) == 0 or len(colors) == 0:
     return None
   counts = np.bincount(palette.nearest(pixels, colors), minlength=len(colors))
   return counts / counts.sum()
