@@ -182,31 +182,36 @@ def test_grain_finds_a_speckle_and_ignores_pixels_outside_the_sprite():
     grain.grain(np.zeros((2, 1, 5, 3), np.uint8))
 
 
-_INKS = np.array([[200, 40, 40], [40, 160, 40], [40, 40, 200], [120, 80, 20], [0, 0, 0]], np.uint8)
+_INKS = np.array([[200, 40, 40], [40, 160, 40], [40, 40, 200], [120, 80, 20]], np.uint8)
 
 
-def _sprites_on_white(rng, n, inks, weights):
-  """n 8x8 sprites on white: a 4x4 block of one ink each (drawn with `weights`), one pixel of it
-  black."""
-  x = np.full((n, 8, 8, 3), 255, np.uint8)
-  x[:, 2:6, 2:6] = inks[rng.choice(len(inks), n, p=weights)][:, None, None]
+def _sprites_on(rng, n, weights, paper=255):
+  """n 8x8 sprites on a `paper` background: a 4x4 block of one ink each (drawn with `weights`),
+  one pixel of it black, and an antialiased edge pixel 5 from the paper."""
+  x = np.full((n, 8, 8, 3), paper, np.uint8)
+  x[:, 2:6, 2:6] = _INKS[rng.choice(len(_INKS), n, p=weights)][:, None, None]
   x[:, 3, 3] = 0
-  x[:, 2, 6] = 250  # an antialiased edge: within the background's tolerance
+  x[:, 2, 6] = abs(paper - 5)
   return x
 
 
 def test_color_use_is_the_real_mix_for_real_sprites_and_concentrated_for_one_ink():
   rng = np.random.default_rng(0)
-  inks, even = _INKS[:4], np.full(4, 0.25)
-  train, held = (_sprites_on_white(rng, n, inks, even) for n in (400, 200))
-  assert colors.background(train).tolist() == [255, 255, 255]
-  assert len(colors.foreground(train[:1], colors.background(train))) == 16  # the block; the edge counts as white
-  like_real = colors.report(_sprites_on_white(rng, 300, inks, even), held, train)
-  assert like_real['colors'] == 5  # the four inks and black, all the set has
+  even = np.full(4, 0.25)
+  train, held = _sprites_on(rng, 400, even), _sprites_on(rng, 200, even)
+  bg, share = colors.background(train)
+  assert bg.tolist() == [255, 255, 255] and share == 1.0
+  edge = np.array([[255, 255, 200], [250, 250, 250]], np.uint8)  # far on one channel / near on all
+  assert colors.is_foreground(edge, bg).tolist() == [True, False]
+  counts = colors.color_counts(train[:1], bg, _INKS)  # the block; its black pixel to brown
+  assert counts.sum() == 16 and counts.max() == 15 and counts[0, 3] >= 1
+  like_real = colors.report(_sprites_on(rng, 300, even), held, train)
+  assert like_real['palette_size'] == 5  # the four inks and black, all the set has
   assert like_real['distance']['samples'] < 0.1 and like_real['distance']['real_train'] < 0.1
-  # per sprite 15 ink pixels and 1 black: the top 3 of 5 colors hold ~3 * 15 / 4 / 16 of them
+  # per sprite 15 ink pixels and 1 black: the top 3 of 5 colors hold about 3 * 15 / 4 / 16 of
+  # them (a little more: the commonest 3 of four inks drawn at random)
   assert like_real['top_share']['real_heldout'] == pytest.approx(45 / 64, abs=0.05)
-  one_ink = colors.report(_sprites_on_white(rng, 300, inks, [1, 0, 0, 0]), held, train)
+  one_ink = colors.report(_sprites_on(rng, 300, [1, 0, 0, 0]), held, train)
   assert one_ink['top_share']['samples'] == pytest.approx(1.0)
   assert one_ink['distance']['samples'] == pytest.approx(45 / 64, abs=0.05)  # 15/16 vs 15/64
   words = ' '.join(quality_report.verdict({**_verdict_base(), 'colors': one_ink}))
@@ -217,15 +222,41 @@ def test_color_use_is_the_real_mix_for_real_sprites_and_concentrated_for_one_ink
   assert blank['distance']['samples'] is None and blank['top_share']['samples'] is None
   assert quality_report._color_words(blank) is None
   no_ink = colors.report(held, held, np.full((3, 8, 8, 3), 255, np.uint8))  # nothing to map to
-  assert no_ink['colors'] == 0 and no_ink['distance']['samples'] is None
+  assert no_ink['palette_size'] == 0 and no_ink['distance']['samples'] is None
 
 
-def test_color_use_maps_new_colors_to_the_nearest_training_color():
+def test_color_use_compares_with_held_out_sprites_and_a_floor_of_the_samples_size():
   rng = np.random.default_rng(1)
-  train = _sprites_on_white(rng, 100, _INKS[:2], [0.5, 0.5])
-  off = _sprites_on_white(rng, 100, _INKS[:2] + 10, [0.5, 0.5])  # near-misses of the same two inks
+  train = _sprites_on(rng, 400, [0.25, 0.25, 0.25, 0.25], paper=0)  # black paper
+  held = _sprites_on(rng, 400, [0.7, 0.1, 0.1, 0.1], paper=0)  # another mix than training's
+  bg, share = colors.background(train)
+  assert bg.tolist() == [0, 0, 0] and share == 1.0  # the block's black pixel is background too
+  r = colors.report(held[:200] + 0, held[200:], train)  # samples drawn like the held-out ones
+  assert r['distance']['samples'] < 0.1 < r['distance']['real_train']
+  assert r['top_share']['real_heldout'] == pytest.approx(0.9, abs=0.05)
+  off = colors.report(train[:200], held[200:], train)  # samples drawn like the training ones
+  assert off['distance']['samples'] > 0.3
+  # a smaller set strays further from the same mix: the floor is drawn at the samples' size
+  small, large = (colors.report(train[:n], train, train)['distance']['real_train'] for n in (10, 300))
+  assert small > 2 * large
+
+
+def test_color_use_maps_near_misses_to_the_training_colors_and_flags_a_mixed_background():
+  rng = np.random.default_rng(2)
+  train = _sprites_on(rng, 100, [0.5, 0.5, 0, 0])
+  off = train.copy()
+  off[:, 2:6, 2:6] = np.clip(off[:, 2:6, 2:6].astype(int) + 10, 0, 255)  # near-misses of its inks
   r = colors.report(off, train, train)
-  assert r['distance']['samples'] < 0.15 and r['distance']['real_train'] == 0.0
+  assert r['distance']['samples'] < 0.05
+  corners = train.copy()
+  corners[:60, 0, 0] = corners[:60, -1, -1] = (9, 9, 9)  # 30% of the corners dark
+  corners[:, 0, -1] = (1, 2, 3)                            # 25% another color
+  mixed = colors.report(off, train, corners)
+  assert mixed['background'] == [255, 255, 255] and mixed['background_share'] == 0.45
+  base = {**_verdict_base(), 'reference': {'split': 'test'}, 'set_size': 1,
+          'fid': {'ratio': 1.0, 'stable': True}}
+  assert not quality_report.caveats({**base, 'colors': r})
+  assert any('no one background' in w for w in quality_report.caveats({**base, 'colors': mixed}))
 
 
 def _verdict_base():

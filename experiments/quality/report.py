@@ -8,6 +8,11 @@ def caveats(report: dict) -> list[str]:
   if not report['fid']['stable']:
     out.append(f'FID from sets of {h} sprites (< {floor.STABLE_FID_SET} = 10 per feature dimension) is '
                'dominated by small-sample bias: read its ratio to the floor, and KID.')
+  colors = report.get('colors')
+  if colors and colors['background_share'] < 0.5:
+    out.append(f"Color use takes {tuple(colors['background'])} for the background, but only "
+               f"{100 * colors['background_share']:.0f}% of the training sprites' corners have it: "
+               'the set has no one background color, so read the color lines loosely.')
   if report['reference']['split'] == 'train':
     out.append('The reference is the training split, which the feature network was trained on and '
                'a copying model reproduces: a ratio near 1 does not rule out memorization.')
@@ -64,7 +69,7 @@ def _color_words(c: dict | None) -> str | None:
   mine, real = c['top_share']['samples'], c['top_share']['real_heldout']
   return (f"colors: {100 * mine:.0f}% of pixels (background aside) in the samples' {c['top']} "
           f"commonest colors, real sprites {100 * real:.0f}%: "
-          + ('as spread as real ones' if mine <= SPREAD_COLORS * real
+          + ('as spread as real ones, or more' if mine <= SPREAD_COLORS * real
              else 'fewer colors carry them than carry real sprites'))
 
 
@@ -126,10 +131,13 @@ def summary(r: dict) -> str:
                  f"{'':8}{g['ratio'] or float('nan'):8.2f}  (real held-out sprites)")
   c = r.get('colors')
   if c and c['distance']['samples'] is not None:
-    lines += [f"{'color mix distance':22}{c['distance']['samples']:10.4f}{'':8}"
-              f"{c['distance']['real_train']:12.4f}{'':8}  (training vs held-out sprites)",
-              f"{'pixels in top %d colors' % c['top']:22}{_pct(c['top_share']['samples']):>10}{'':8}"
-              f"{_pct(c['top_share']['real_heldout']):>12}{'':8}  (real held-out sprites)"]
+    d, d_real = c['distance']['samples'], c['distance']['real_train']
+    t, t_real = c['top_share']['samples'], c['top_share']['real_heldout']
+    times = lambda a, b: f"{a / b:8.2f}" if b else " " * 8
+    lines += [f"{'color mix distance':22}{d:10.4f}{'':8}{d_real:12.4f}{'':8}{times(d, d_real)}"
+              '  (training sprites, as many)',
+              f"{'pixels in top %d colors' % c['top']:22}{_pct(t):>10}{'':8}{_pct(t_real):>12}"
+              f"{'':8}{times(t, t_real)}  (real held-out sprites)"]
   s, h = mem['samples'], mem['real_heldout']
   lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
             f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"
