@@ -75,7 +75,7 @@ def floor_distance(train_counts: np.ndarray, held: np.ndarray | None, n: int,
   n = min(n, len(train_counts))
   found = [distance(shares(train_counts[rng.choice(len(train_counts), n, replace=False)]), held)
            for _ in range(FLOOR_DRAWS)]
-  return None if not found or None in found else float(np.mean(found))
+  return None if None in found else float(np.mean(found))
 
 
 def report(samples: np.ndarray, heldout: np.ndarray, train: np.ndarray) -> dict:

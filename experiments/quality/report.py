@@ -25,8 +25,8 @@ TRUSTED_ACCURACY = 0.7
 RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
 FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as flat as real"
 # A top-3 share up to this multiple of real sprites' counts as "colors as spread as real". Models
-# trained with l2 stood at 0.99-1.10 times real; l1 ones, whose sprites the eye sees in a few
-# browns (DawnLike) or paler, flatter shades (emoji), at 1.23-1.45 (colors.py; README).
+# trained with l2 (the cpu preset's, Muon's) stood at 0.99-1.14 times real; l1 ones, whose sprites
+# the eye sees in a few browns (DawnLike) or paler, flatter shades (emoji), at 1.23-1.45 (README).
 SPREAD_COLORS = 1.15
 
 
