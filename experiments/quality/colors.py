@@ -13,7 +13,9 @@ emoji), and
   top share  the share of non-background pixels on a set's own TOP commonest colors: how
              concentrated its colors are (higher = fewer colors carry the sprites)
 Background: the commonest corner color of the training sprites, and pixels within
-BACKGROUND_TOLERANCE of it on every channel (antialiased edges on white).
+BACKGROUND_TOLERANCE of it on every channel (antialiased edges on white). Not the sprite sheets'
+flood-filled white (pictures/sprite_sheet.background_mask): a folder of sprites may sit on any
+color, and white drawn inside a sprite on white counts as background here in all sets alike.
 """
 import numpy as np
 
