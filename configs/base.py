@@ -87,6 +87,12 @@ def _train() -> ml_collections.ConfigDict:
   s.keep_every = 0            # ... and for good every one at a multiple of this step; 0 = none
   s.sample_every = 0          # write a sample grid every N steps; 0 = only at the end
   s.eval_every = 0            # run the evaluation every N steps; 0 = only with --mode=eval / at the end
+  s.refiner_steps = 0         # > 0: after the last step, fine-tune a copy of the drawing weights
+                              # this many steps into the refining pass's network (its own
+                              # checkpoint, <workdir>/refiner/; runtime/refiner.py); 0 = none
+  s.refiner_logsnr = '3,5'    # ... on these nearly clean levels only ('lo,hi', uniform in t) ...
+  s.refiner_norm = 'l1'       # ... with this norm (l1: the median of the clean sprites) ...
+  s.refiner_learning_rate = 5e-4  # ... by Adam: 50 steps of warm-up, then a cosine decay
   return s
 
 
@@ -106,6 +112,8 @@ def _sample() -> ml_collections.ConfigDict:
   s.refine_draws = 0     # > 0: the drawn sprites noised again to refine_logsnr this many times,
                          # denoised, and averaged (speckle that follows the noise averages away)
   s.refine_logsnr = 4.0  # the nearly clean level of that last pass
+  s.refiner = True       # that pass denoises with the run's refiner where it has one for the
+                         # weights drawn (train.refiner_steps); False: with the drawing weights
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)

@@ -62,6 +62,7 @@ RANGES = {
     'train.ema_halflife_kimg': _POSITIVE, 'train.ema_rampup': _NATURAL,
     'train.log_every': _NATURAL, 'train.ckpt_every': _NATURAL, 'train.keep_checkpoints': _COUNT,
     'train.keep_every': _NATURAL, 'train.sample_every': _NATURAL, 'train.eval_every': _NATURAL,
+    'train.refiner_steps': _STEPS, 'train.refiner_learning_rate': _POSITIVE,
     'sample.steps': _COUNT, 'sample.eta': _NATURAL, 'sample.guidance': _ANY_FINITE,
     'sample.autoguidance': _NATURAL, 'sample.guide_step': _STEPS,
     'sample.dynamic_percentile': _within(0, 1, open_low=True), 'sample.per_class': _COUNT,
@@ -87,7 +88,7 @@ ORDERED = (('diffusion.beta_start', 'diffusion.beta_end'),
 
 NAMES = {'model.name': models.MODELS, 'diffusion.schedule': schedules.SCHEDULES,
          'diffusion.prediction': gaussian.PREDICTIONS, 'diffusion.loss_weighting': losses.WEIGHTINGS,
-         'diffusion.loss_norm': losses.NORMS,
+         'diffusion.loss_norm': losses.NORMS, 'train.refiner_norm': losses.NORMS,
          'sample.sampler': samplers.SAMPLERS, 'sample.clip_x0': denoiser.THRESHOLDS}
 
 

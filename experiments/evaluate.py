@@ -67,7 +67,8 @@ def _draw(config, workdir, train, params, step):
   images, _ = drawing.generate(fn, params, config.sample.seed, context, config.sample.batch_size,
                                mesh, frames=0)
   images = sample.snap_to_palette(images, train.images, config.sample.palette)
-  name = sample.output_name(config, step or 0, drawing.guide_step(workdir, config.sample))
+  name = sample.output_name(config, step or 0, drawing.guide_step(workdir, config.sample),
+                            drawing.refiner_steps(workdir, step, config.sample))
   return images, labels, name, step
 
 

@@ -20,17 +20,22 @@ from experiments.pictures import canvas, denoising, sprite_sheet
 from experiments.runtime import drawing, files, hosts, parallel
 
 
-def output_name(config, step: int, guide_step: int | None = None) -> str:
+def output_name(config, step: int, guide_step: int | None = None,
+                refiner_steps: int | None = None) -> str:
   """drawing.output_name, plus the settings that change the draws when they leave their defaults
   (ddim's eta, the x0 clipping, the sampling seed): two draws of one model never share a file.
-  guide_step: the guide that drew them (drawing.guide_step), if not sample.guide_step."""
+  guide_step: the guide that drew them (drawing.guide_step), if not sample.guide_step.
+  refiner_steps: the refiner's that refined them (drawing.refiner_steps), if not the one a
+  finished run of this config has."""
   sample_cfg = config.sample
   guide = sample_cfg.guide_step if guide_step is None else guide_step
+  if refiner_steps is None:
+    refiner_steps = config.train.refiner_steps if sample_cfg.refiner else 0
   name = drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
                              sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
                              sample_cfg.autoguidance, guide, sample_cfg.refine_draws,
-                             sample_cfg.refine_logsnr)
+                             sample_cfg.refine_logsnr, refiner_steps)
   if sample_cfg.sampler == 'ddim' and sample_cfg.eta:
     name += f'_eta{sample_cfg.eta:g}'
   if sample_cfg.clip_x0 != 'clip':
@@ -54,11 +59,12 @@ def write_outputs(path_stem: str, images, labels, context, class_names, rows: in
                     denoising.movie_frames(images, movie, rows, upscale, sampler, steps, after))
 
 
-def _after_sampler(sample_cfg) -> str:
+def _after_sampler(sample_cfg, refiner_steps: int = 0) -> str:
   """What changed the sprites after the sampler's last step, for the movie's last frame."""
   done = []
   if sample_cfg.refine_draws:
-    done.append(f'refined ({sample_cfg.refine_draws} x logSNR {sample_cfg.refine_logsnr:g})')
+    by = ', by the refiner' if refiner_steps else ''
+    done.append(f'refined ({sample_cfg.refine_draws} x logSNR {sample_cfg.refine_logsnr:g}{by})')
   if sample_cfg.palette:
     done.append(f'snapped to {sample_cfg.palette} colors')
   return ' and '.join(done)
@@ -90,12 +96,13 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                                    mesh, frames)
   if sample_cfg.palette:
     images = snap_to_palette(images, dataset.load(config.data, 'train').images, sample_cfg.palette)
+  refined_by = drawing.refiner_steps(workdir, step, sample_cfg)
   stem = os.path.join(workdir, 'samples', output_name(
-      config, step or 0, drawing.guide_step(workdir, sample_cfg)))
+      config, step or 0, drawing.guide_step(workdir, sample_cfg), refined_by))
   with hosts.then_barrier('samples written'):
     if files.is_writer():
       write_outputs(stem, images, labels, context, class_names, rows, movie, sample_cfg.upscale,
-                    sample_cfg.sampler, sample_cfg.steps, _after_sampler(sample_cfg))
+                    sample_cfg.sampler, sample_cfg.steps, _after_sampler(sample_cfg, refined_by))
       if sample_cfg.sheet:
         write_sheet(stem, images, class_names, sample_cfg)
       logging.info('Wrote %s.png (%d sprites, %d rows)', stem, len(images), rows)

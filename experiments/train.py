@@ -18,7 +18,7 @@ from absl import logging
 
 from experiments import evaluate, from_config, sample
 from experiments.data import dataset
-from experiments.runtime import checkpoints, drawing, files, logs, parallel, preemption
+from experiments.runtime import checkpoints, drawing, files, logs, parallel, preemption, refiner
 from experiments.runtime import state as state_lib, train_step, workdir_lock
 
 
@@ -56,6 +56,7 @@ def run(config, workdir: str):
       _say_how_to_resume(stop.received, int(state.step), mngr)
       return state
     params = state.ema_params if config.sample.use_ema else state.params
+    fine_tune_refiner(config, workdir, params, int(state.step), data, mesh)
     sample.run(config, workdir, params=params, step=int(state.step), class_names=data.class_names)
     if config.eval.at_end:
       evaluate.run(config, workdir, step=int(state.step), params=params)
@@ -81,6 +82,20 @@ def _prepare(config, workdir: str):
                config.model.name, state_lib.num_params(state.params), len(data.images),
                data.num_classes, mesh.size)
   return data, mesh, kwargs, mngr, state
+
+
+def fine_tune_refiner(config, workdir: str, params, step: int, data, mesh) -> None:
+  """The refiner of the weights that draw (runtime/refiner.py), unless train.refiner_steps is 0
+  or the workdir holds it already."""
+  want = from_config.refiner_settings(config.train)
+  if not want['steps'] or step in refiner.saved(workdir):  # check_workdir vetted its settings
+    return
+  kwargs = from_config.train_step_kwargs(config, data.num_classes, jax.default_backend())
+  images, labels = parallel.put_replicated((data.images, data.labels), mesh)
+  refiner.fine_tune(want=want, params=params, step=step, workdir=workdir, images=images,
+                    labels=labels, mesh=mesh, seed=config.seed, logsnr_fn=kwargs['logsnr_fn'],
+                    step_kwargs={**kwargs, 'model': from_config.model(config.model,
+                                                                      data.num_classes)})
 
 
 def manager(config, workdir: str):
@@ -111,6 +126,8 @@ def check_workdir(config, workdir: str, data, mngr) -> None:
         f'{mngr.directory} holds a checkpoint at step {latest}, past train.steps='
         f'{config.train.steps}: raise --config.train.steps{cap} to train on, use --mode=sample or '
         '--mode=eval to use it as it is, or pass another --workdir.')
+  if config.train.refiner_steps:  # its refiner would otherwise be found different at the end
+    refiner.check_same(workdir, config.train.steps, from_config.refiner_settings(config.train))
 
 
 def record(config, workdir: str, data) -> None:

@@ -175,10 +175,11 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   """Two draws of one model never share a file (a sweep reads its numbers back by this name)."""
   config = sprites.get_config('cpu')
   preset = sample.output_name(config, 8400)
-  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400_r4x8'  # the README's
+  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400_r4x8ft250'  # the README's
   names = {preset}
   for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1),
-                     ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0)]:
+                     ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0),
+                     ('refiner', False)]:
     changed = config.copy_and_resolve_references()
     changed.sample[key] = value
     if key == 'eta':
@@ -187,7 +188,7 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
     names.add(sample.output_name(changed, 8400))
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
-  assert len(names) == 10, names
+  assert len(names) == 11, names
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():

@@ -77,10 +77,9 @@ def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, gui
   blocks of sample.batch_size sprites (the weights an argument of the jitted call, not baked in)."""
   mesh, s = parallel.make_mesh(), from_config.sampling(config)
   kwargs = from_config.state_kwargs(config, num_classes)
-  if guided:
-    step, params = drawing.weights(workdir, mesh, config.sample, **kwargs)
-  else:
-    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
+  step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
+  if guided:  # the drawing network as the sampler guides it (the refiner is not measured here)
+    params = drawing.with_guide(params, workdir, mesh, config.sample, **kwargs)
   model = from_config.model(config.model, num_classes)
 
   @jax.jit

@@ -48,10 +48,11 @@ def _save_replicas_whole_on_cpu() -> None:
 
 
 def manager(workdir: str, keep: int, keep_every: int = 0, create: bool = True,
-            keep_steps: tuple[int, ...] = ()) -> ocp.CheckpointManager:
+            keep_steps: tuple[int, ...] = (), folder: str = 'checkpoints') -> ocp.CheckpointManager:
   """Keeps the `keep` latest checkpoints, and for good every one at a multiple of `keep_every`
   and those of `keep_steps` (autoguidance's guide). create=False for readers: a mistyped
-  --workdir is then refused without leaving a folder there."""
+  --workdir is then refused without leaving a folder there. `folder`: where in the workdir
+  (runtime/refiner.py keeps its own)."""
   _save_replicas_whole_on_cpu()
   if keep < 1 or keep_every < 0:
     raise ValueError(f'train.keep_checkpoints={keep} must be >= 1 and train.keep_every='
@@ -66,7 +67,7 @@ def manager(workdir: str, keep: int, keep_every: int = 0, create: bool = True,
       create=create, enable_async_checkpointing=False,
       preservation_policy=policies.AnyPreservationPolicy(keep_policies))
   # Naming the handler lets a fresh manager read a checkpoint's metadata before restoring.
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), folder),
                                options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -91,6 +92,15 @@ def _short(error: BaseException) -> str:
   lines = str(error).strip().splitlines() or ['']
   text = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + '...'
   return f'{type(error).__name__}: {text}'
+
+
+def custom_metadata(mngr, step: int) -> dict:
+  """What `save` stored beside the arrays of checkpoint `step` ({} if it cannot be read: the
+  restore's checks then say what is wrong)."""
+  try:
+    return dict(mngr.metadata(step).custom_metadata or {})
+  except Exception:  # pylint: disable=broad-except  # a damaged checkpoint: restore_step reports it
+    return {}
 
 
 def _metadata(mngr, step: int):
@@ -185,11 +195,12 @@ def _after_fallback(mngr, skipped: list, step: int, set_aside: bool) -> None:
                   '(kept for inspection, safe to delete).', step, names, target)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Save `state` at `step` with the sha256 of its arrays; a failure stops the run, by name."""
+def save(mngr: ocp.CheckpointManager, step: int, state, metadata: dict | None = None) -> None:
+  """Save `state` at `step` with the sha256 of its arrays (and `metadata`, plain JSON values);
+  a failure stops the run, by name."""
   try:
     mngr.save(step, args=ocp.args.StandardSave(state), force=True,
-              custom_metadata={'sha256': integrity.digests(state)})
+              custom_metadata={**(metadata or {}), 'sha256': integrity.digests(state)})
     mngr.wait_until_finished()
   except Exception as e:  # disk full, permissions, a lost mount: whatever it is, stop here
     kept = [s for s in mngr.all_steps() if s != step]

@@ -15,7 +15,7 @@ from absl import logging
 
 from diffusion import denoiser, models, samplers
 from experiments.data import dataset
-from experiments.runtime import checkpoints, files, parallel, state as state_lib
+from experiments.runtime import checkpoints, files, parallel, refiner, state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +37,20 @@ class Sampling:
   logsnr_grid: tuple[float, float] | None = None  # steps uniform in logSNR over (lo, hi); None: in t
   autoguidance: float = 0.0  # > 0: params are (weights, guide weights), see with_guide
   refine_draws: int = 0  # > 0: the result averaged over this many re-noisings (samplers.refine)
-  refine_logsnr: float = 4.0  # ... at this noise level
+  refine_logsnr: float = 4.0  # ... at this noise level, by params' refiner if it is Refined
 
 
 class Guided(NamedTuple):
   """The weights that draw, and the early weights of the same run that autoguidance steers from."""
   params: Any
   guide: Any
+
+
+class Refined(NamedTuple):
+  """What draws (weights, or a Guided pair), and the refiner that does the refining pass
+  (runtime/refiner.py): unguided by autoguidance, whose guide is the drawing weights' past."""
+  params: Any
+  refiner: Any
 
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
@@ -93,10 +100,36 @@ def with_guide(params, workdir: str, mesh, sample_cfg, **state_kwargs):
 def weights(workdir: str, mesh, sample_cfg, *, params=None, step: int | None = None,
             **state_kwargs):
   """(step, what make_sample_fn's function draws with): `params`, or the workdir's latest
-  checkpoint's, paired with the guide's weights when autoguidance is on (with_guide)."""
+  checkpoint's, paired with the guide's weights when autoguidance is on (with_guide), and with
+  the refiner of those weights when the refining pass uses one (with_refiner)."""
   if params is None:
     step, params = restore_params(workdir, mesh, sample_cfg.use_ema, **state_kwargs)
-  return step, with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
+  params = with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
+  return step, with_refiner(params, workdir, step, mesh, sample_cfg, **state_kwargs)
+
+
+def refiner_steps(workdir: str, step: int | None, sample_cfg) -> int:
+  """The steps of the refiner that does the refining pass of `step`'s weights: 0 for none (no
+  pass, sample.refiner=False, or no refiner of that step in the workdir: the pass then uses
+  the drawing weights; a run fine-tunes its refiner after its last step)."""
+  if not sample_cfg.refine_draws or not sample_cfg.refiner or step is None:
+    return 0
+  return refiner.saved(workdir).get(step, {}).get('steps', 0)
+
+
+def with_refiner(params, workdir: str, step: int | None, mesh, sample_cfg, **state_kwargs):
+  """`params`, or Refined(params, the refiner of `step`'s weights) when refiner_steps says so."""
+  if not refiner_steps(workdir, step, sample_cfg):
+    return params
+  abstract = state_lib.abstract_state(mesh=mesh, **state_kwargs).params
+  refined, settings = refiner.restore(workdir, step, abstract)
+  lo, hi = settings['logsnr']
+  if not lo <= sample_cfg.refine_logsnr <= hi:
+    raise ValueError(
+        f'sample.refine_logsnr={sample_cfg.refine_logsnr:g}: the refiner of step {step} was '
+        f'fine-tuned on logSNR {lo:g}..{hi:g} only; refine within that, or set '
+        'sample.refiner=False to refine with the drawing weights.')
+  return Refined(params, refined)
 
 
 def network(model, params, autoguidance: float):
@@ -110,23 +143,28 @@ def network(model, params, autoguidance: float):
 
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B;
-  params a Guided pair when sampling.autoguidance > 0 (with_guide makes it)."""
+  params a Guided pair when sampling.autoguidance > 0 (with_guide makes it), either of them in
+  a Refined pair when a refiner does the refining pass (with_refiner)."""
   s = sampling  # pylint: disable=invalid-name
   grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
   t_refine = float(samplers.time_at(s.logsnr_fn, s.refine_logsnr)) if s.refine_draws else 0.0
 
   def fn(params, keys, context):
-    denoise = denoiser.make_denoiser(
-        model_fn=network(model, params, s.autoguidance), context=context,
+    params, refiner_params = params if isinstance(params, Refined) else (params, None)
+    make = lambda model_fn: denoiser.make_denoiser(
+        model_fn=model_fn, context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,
         guidance_logsnr=s.guidance_logsnr,
         threshold=s.threshold, percentile=s.percentile, self_cond=s.self_cond)
+    denoise = make(network(model, params, s.autoguidance))
     out = samplers.sample(denoise=denoise, grid=grid, keys=keys,
                           shape=(s.image_size, s.image_size, 3), sampler=s.sampler, eta=s.eta,
                           frames=frames, self_cond=s.self_cond)
     if not s.refine_draws:
       return out
     x, movie = out if frames else (out, None)
+    if refiner_params is not None:
+      denoise = make(models.network_fn(model, refiner_params))
     x = samplers.refine(denoise, x, keys, t=t_refine, logsnr=s.refine_logsnr,
                         draws=s.refine_draws, self_cond=s.self_cond)
     return (x, movie) if frames else x
@@ -231,15 +269,17 @@ def sprite_names(class_names, per_class: int, mix: str = '') -> tuple[list[str],
   return [f'{g}_{j:02d}' for g in groups for j in range(per_class)], classes
 
 
-def _logsnr_pair(spec: str, key: str, example: str, empty: str) -> tuple[float, float]:
-  """'lo,hi' as two finite floats with lo < hi, or a ValueError naming the key."""
+def _logsnr_pair(spec: str, key: str, example: str, empty: str = '') -> tuple[float, float]:
+  """'lo,hi' as two finite floats with lo < hi, or a ValueError naming the key (and what ''
+  would do, if it is allowed)."""
   try:
     lo, hi = (float(x) for x in spec.split(','))
   except ValueError:
     lo = hi = math.nan
   if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    alternative = f" (or '' {empty})" if empty else ''
     raise ValueError(f'{key}={spec!r}: want two finite logSNR values lo,hi with lo < hi, e.g. '
-                     f"'{example}' (or '' {empty}).")
+                     f"'{example}'{alternative}.")
   return lo, hi
 
 
@@ -248,6 +288,11 @@ def guidance_interval(spec: str) -> tuple[float, float]:
   if not spec.strip():
     return -math.inf, math.inf
   return _logsnr_pair(spec, 'sample.guidance_logsnr', '-3,3', 'to guide at every noise level')
+
+
+def refiner_band(spec: str) -> tuple[float, float]:
+  """train.refiner_logsnr as (lo, hi): the levels the refiner is fine-tuned on."""
+  return _logsnr_pair(spec, 'train.refiner_logsnr', '3,5')
 
 
 def logsnr_span(spec: str) -> tuple[float, float] | None:
@@ -260,17 +305,19 @@ def logsnr_span(spec: str) -> tuple[float, float] | None:
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
                 guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0,
                 logsnr_grid: str = '', autoguidance: float = 0.0, guide_step: int = 0,
-                refine_draws: int = 0, refine_logsnr: float = 4.0) -> str:
-  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8][_p32][_raw]': what drew a
-  set of sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps uniform in
-  logSNR over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; r4x8: the result
-  averaged over 8 re-noisings at logSNR 4; _raw: the trained weights, not their EMA)."""
+                refine_draws: int = 0, refine_logsnr: float = 4.0, refiner_steps: int = 0) -> str:
+  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8[ft500]][_p32][_raw]': what
+  drew a set of sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps
+  uniform in logSNR over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; r4x8: the
+  result averaged over 8 re-noisings at logSNR 4; ft500: by a refiner fine-tuned 500 steps;
+  _raw: the trained weights, not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
   suffix = (f'_g{guidance:g}{interval}' if guidance else '')
   suffix += f'_ag{autoguidance:g}s{guide_step}' if autoguidance else ''
   suffix += f'_r{refine_logsnr:g}x{refine_draws}' if refine_draws else ''
+  suffix += f'ft{refiner_steps}' if refine_draws and refiner_steps else ''
   suffix += f'_p{palette}' if palette else ''
   suffix += '' if use_ema else '_raw'
   end = f'e{logsnr_end:g}' if logsnr_end else ''

@@ -32,8 +32,12 @@ def _batch(images, labels, key, batch_size: int, num_classes: int, drop_rate: fl
 
 
 def _levels(key, logsnr_fn, loss_kwargs: dict, timesteps: int, batch_size: int,
-            importance: float):
-  """(t, loss correction) of one batch: uniform levels (correction 1), or importance-drawn."""
+            importance: float, level_range: tuple[float, float] | None = None):
+  """(t, loss correction) of one batch: uniform levels (correction 1), importance-drawn, or
+  uniform in t over level_range = (t_lo, t_hi) only (a refiner's nearly clean band)."""
+  if level_range is not None:
+    t = jax.random.uniform(key, (batch_size,), minval=level_range[0], maxval=level_range[1])
+    return t, jnp.ones((batch_size,), jnp.float32)
   if not importance:  # the draw every run before importance sampling made, kept bit for bit
     t = jax.random.randint(key, (batch_size,), 1, timesteps + 1).astype(jnp.float32)
     return t / timesteps, jnp.ones((batch_size,), jnp.float32)
@@ -46,19 +50,22 @@ def _levels(key, logsnr_fn, loss_kwargs: dict, timesteps: int, batch_size: int,
 def make_one_step(*, model, tx: optax.GradientTransformation, logsnr_fn, loss_kwargs: dict,
                   timesteps: int, batch_size: int, num_classes: int, cond_drop_rate: float,
                   ema_halflife_kimg: float, ema_rampup: float, mesh, hflip: bool = False,
-                  importance: float = 0.0, self_cond: bool = False):
+                  importance: float = 0.0, self_cond: bool = False,
+                  level_range: tuple[float, float] | None = None):
   """one_step(state, images, labels, key) -> (state, metrics), not jitted. The float settings
   may be traced values: runtime/multi_train.py vmaps it over models that differ only in them.
   hflip: train on random mirror images too (a switch: a side-facing sprite's mirror may mean
   something else, or be another sprite of the set). importance: the share of noise levels drawn
   where the loss weighs them (losses.importance_levels); 0 draws them uniformly. self_cond: the
-  model is a self-conditioned UNet (losses.self_cond_input)."""
+  model is a self-conditioned UNet (losses.self_cond_input). level_range: (t_lo, t_hi), train
+  only there (runtime/refiner.py); None: every level."""
 
   def one_step(state: TrainState, images, labels, key):
     k_batch, k_t, k_eps, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 4)
     x0, context = _batch(images, labels, k_batch, batch_size, num_classes, cond_drop_rate, mesh,
                           hflip)
-    t, correction = _levels(k_t, logsnr_fn, loss_kwargs, timesteps, batch_size, importance)
+    t, correction = _levels(k_t, logsnr_fn, loss_kwargs, timesteps, batch_size, importance,
+                            level_range)
     eps = jax.random.normal(k_eps, x0.shape)
 
     def loss_fn(params, batch):  # one device's rows (parallel.mean_value_and_grad)

@@ -127,6 +127,7 @@ def train_group(configs, workdirs) -> list | None:
       raise Stopped(stop.received, int(states[0].step))
     for config, workdir, state in zip(configs, workdirs, states):
       params = state.ema_params if config.sample.use_ema else state.params
+      train.fine_tune_refiner(config, workdir, params, int(state.step), data, mesh)
       sample.run(config, workdir, params=params, step=int(state.step),
                  class_names=data.class_names)
       if config.eval.at_end:

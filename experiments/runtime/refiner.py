@@ -1,0 +1,119 @@
+"""The refiner: a copy of the drawing weights fine-tuned for the refining pass alone.
+
+The refining pass (sample.refine_draws, samplers.refine) noises the drawn sprites again to one
+nearly clean level and averages the network's x0_hat over several noisings. Trained on the
+squared error, that x0_hat is the mean of the clean sprites that could lie under the noise:
+where the network is unsure between a fill's color and its neighbour's it paints a blend, a
+different one at each noising, and the average keeps some of it as confetti. On the absolute
+error it is their median, one color or the other, but a network trained on it throughout
+draws in fewer colors (docs/ablations.md, "The l1 norm"). The refiner takes both: the run's
+weights draw as before, and a copy of them fine-tuned a few hundred steps with the l1 norm on
+nearly clean levels only (train.refiner_*), where the layout and colors are already settled,
+does the refining pass.
+
+Kept in <workdir>/refiner/<step>, <step> being the step of the weights it was fine-tuned from,
+with its settings in the checkpoint's metadata. It is fine-tuned after the last training step,
+from the weights that draw (EMA if sample.use_ema), deterministically: a run stopped while it
+is fine-tuned (seconds to a minute) fine-tunes it again when run again.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from diffusion import samplers
+from experiments.runtime import checkpoints, parallel, state as state_lib, train_step
+
+FOLDER = 'refiner'
+KEY_STREAM = 2  # its batches: fold_in(key(seed), 2), beside the initial weights' 0 and training's 1
+WARMUP_STEPS = 50  # Adam's moments start at zero: a short warm-up, then a cosine to zero
+
+
+def settings(steps: int, logsnr: tuple[float, float], norm: str, learning_rate: float) -> dict:
+  """What a refiner was fine-tuned with (train.refiner_*), as stored in its metadata."""
+  return {'steps': int(steps), 'logsnr': [float(x) for x in logsnr], 'norm': str(norm),
+          'learning_rate': float(learning_rate)}
+
+
+def _manager(workdir: str, create: bool = False):
+  return checkpoints.manager(workdir, 2, create=create, folder=FOLDER)
+
+
+def saved(workdir: str) -> dict[int, dict]:
+  """{step of the weights it came from: settings} of every refiner the workdir holds."""
+  if not os.path.isdir(os.path.join(workdir, FOLDER)):
+    return {}
+  mngr = _manager(workdir)
+  return {s: checkpoints.custom_metadata(mngr, s).get('refiner', {}) for s in mngr.all_steps()}
+
+
+def check_same(workdir: str, step: int, want: dict) -> None:
+  """Raise if the workdir holds a refiner of `step` fine-tuned with other settings than `want`:
+  fine-tuning again would overwrite it."""
+  have = saved(workdir).get(step)
+  if have is not None and have != want:
+    raise ValueError(
+        f'{os.path.join(workdir, FOLDER, str(step))} holds a refiner fine-tuned with {have}, not '
+        f'the configured {want} (train.refiner_*). It was left as it is: set those back, or move '
+        'that folder away to fine-tune another.')
+
+
+def restore(workdir: str, step: int, abstract_params):
+  """(params, settings) of the refiner of `step`'s weights, checked, or None if there is none."""
+  have = saved(workdir)
+  if step not in have:
+    return None
+  tree = checkpoints.restore_step(
+      _manager(workdir), step, {'params': abstract_params},
+      why=f'The refining pass denoises with the refiner of step {step}',
+      fix=f'move {os.path.join(workdir, FOLDER, str(step))} away and run the training command '
+          'again (it fine-tunes a new one without training further), or set sample.refiner=False')
+  return tree['params'], have[step]
+
+
+def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, mesh, seed: int,
+              logsnr_fn, step_kwargs: dict) -> None:
+  """Fine-tune a copy of `params` (the weights of `step` that draw) as `want` says and save it.
+
+  step_kwargs: runtime.train_step.make_one_step's keywords for the run (model, loss, batch, EMA),
+  of which the loss norm, the noise levels, the optimizer and the EMA half-life are replaced.
+  """
+  lo, hi = want['logsnr']
+  level_range = (float(samplers.time_at(logsnr_fn, hi)), float(samplers.time_at(logsnr_fn, lo)))
+  steps, batch_size = want['steps'], step_kwargs['batch_size']
+  tx = optax.adam(optax.join_schedules(
+      [optax.linear_schedule(0.0, want['learning_rate'], min(WARMUP_STEPS, steps)),
+       optax.cosine_decay_schedule(want['learning_rate'], max(steps - WARMUP_STEPS, 1))],
+      [min(WARMUP_STEPS, steps)]))
+  kwargs = {**step_kwargs, 'tx': tx, 'level_range': level_range, 'steps_per_dispatch': 1,
+            'loss_kwargs': {**step_kwargs['loss_kwargs'], 'norm': want['norm']},
+            # the average of its last eighth or so (the run's ramp-up applies as well)
+            'ema_halflife_kimg': steps * batch_size / 8 / 1000}
+  step_fn = train_step.make(mesh=mesh, **kwargs)
+  start = jax.jit(lambda p: state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=jax.tree.map(jnp.copy, p),
+      ema_params=jax.tree.map(jnp.copy, p), opt_state=tx.init(p)),
+      out_shardings=parallel.replicated(mesh))
+  state = start(params)
+  key = jax.random.fold_in(jax.random.key(seed), KEY_STREAM)
+  logging.info('Fine-tuning the refiner of step %d: %d steps, %s norm, logSNR %g..%g.', step,
+               steps, want['norm'], lo, hi)
+  losses, window = [], parallel.Window()  # a queue of unread steps can hang XLA:CPU's devices
+  for _ in range(steps):
+    state, metrics = step_fn(state, images, labels, key)
+    window.add(metrics)
+    losses.append(metrics['loss'])
+  losses = np.asarray(jax.device_get(losses))
+  if not np.all(np.isfinite(losses)):
+    raise FloatingPointError(
+        f'The refiner of step {step} diverged (loss {losses[~np.isfinite(losses)][0]} at its '
+        f'step {int(np.argmax(~np.isfinite(losses))) + 1}); nothing was saved. Lower '
+        'train.refiner_learning_rate, or set train.refiner_steps=0.')
+  checkpoints.save(_manager(workdir, create=True), step, {'params': state.ema_params},
+                   metadata={'refiner': want})
+  last = min(100, steps)
+  logging.info('Saved the refiner of step %d in %s (mean loss of its last %d steps %.4f).', step,
+               os.path.join(workdir, FOLDER), last, float(losses[-last:].mean()))
