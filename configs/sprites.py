@@ -83,8 +83,12 @@ def _cpu(c):
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
                   autoguidance=0.5, guide_step=400, per_class=12, refine_draws=8, refine_logsnr=4.0)
   # The refining pass by a refiner (runtime/refiner.py): after the last step, a copy of the
-  # weights fine-tuned 250 steps with the l1 norm (the median) at logSNR 3..5 only, about 25 s.
-  # MEASURED_REFINER
+  # weights fine-tuned 250 steps with the l1 norm (the median) at logSNR 3..5 only, about 35 s.
+  # On the same models and noise as refining with the drawing weights: grain 5-8% lower on all
+  # seven Results models (emoji 0.113 and 0.115 against 0.119 and 0.122; DawnLike 0.132-0.138
+  # against 0.141-0.146), recall higher on all, FID lower on DawnLike (1.21, 0.94, 1.27 against
+  # 1.42, 1.24, 1.44) and OpenMoji's seed 0 (1.38 against 1.58), elsewhere within 0.02; colors
+  # within a point. The l2 norm gains most of it, 500 steps no more (docs/ablations.md).
   c.train.refiner_steps = 250
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 

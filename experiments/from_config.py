@@ -124,9 +124,9 @@ def refiner_settings(train_cfg) -> dict:
 
 def _validate_refiner(config) -> None:
   train, sample = config.train, config.sample
+  lo, hi = drawing.refiner_band(train.refiner_logsnr)
   if not train.refiner_steps:
     return
-  lo, hi = drawing.refiner_band(train.refiner_logsnr)
   first, last = (float(logsnr_fn(config.diffusion)(jnp.float32(t))) for t in (1.0, 0.0))
   _check(first < lo and hi < last,
          f'train.refiner_logsnr={train.refiner_logsnr!r}: the {config.diffusion.schedule} schedule '

@@ -19,7 +19,7 @@ import os
 import jax
 from absl import app, flags, logging
 
-from experiments import evaluate, from_config
+from experiments import evaluate, from_config, train
 from experiments.data import dataset
 from experiments.runtime import checkpoints, cli, errors, files, hosts, logs
 from experiments.sweeps import plan, report, table, training
@@ -112,6 +112,7 @@ def execute(runs: list, pieces: list, shard: tuple[int, int] = (0, 1)) -> None:
       if run.workdir in workdirs and table.evaluated(run) is None:
         logging.info('Evaluating %s (seed %d) in %s', plan.point_name(run.overrides), run.seed,
                      run.workdir)
+        train.finish_refiner(run.config, run.workdir)  # one stopped while fine-tuning it
         evaluate.run(run.config, run.workdir)
 
 

@@ -88,14 +88,32 @@ def fine_tune_refiner(config, workdir: str, params, step: int, data, mesh) -> No
   """The refiner of the weights that draw (runtime/refiner.py), unless train.refiner_steps is 0
   or the workdir holds it already."""
   want = from_config.refiner_settings(config.train)
-  if not want['steps'] or step in refiner.saved(workdir):  # check_workdir vetted its settings
+  if not want['steps']:
+    return
+  refiner.check_same(workdir, step, want)
+  if step in refiner.saved(workdir):
+    refiner.check_source(workdir, step, params)
     return
   kwargs = from_config.train_step_kwargs(config, data.num_classes, jax.default_backend())
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)
   refiner.fine_tune(want=want, params=params, step=step, workdir=workdir, images=images,
                     labels=labels, mesh=mesh, seed=config.seed, logsnr_fn=kwargs['logsnr_fn'],
                     step_kwargs={**kwargs, 'model': from_config.model(config.model,
-                                                                      data.num_classes)})
+                                                                      data.num_classes)},
+                    adam_b2=config.train.adam_beta2, grad_clip=config.train.grad_clip)
+
+
+def finish_refiner(config, workdir: str) -> None:
+  """The refiner of a run trained to its end without one (stopped while fine-tuning it, or
+  trained before refiners), from its latest checkpoint; nothing if it has one or needs none."""
+  if not config.train.refiner_steps:
+    return
+  with workdir_lock.hold(workdir):
+    data = dataset.load(config.data, 'train')
+    mesh = parallel.make_mesh()
+    step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema,
+                                          **from_config.state_kwargs(config, data.num_classes))
+    fine_tune_refiner(config, workdir, params, step, data, mesh)
 
 
 def manager(config, workdir: str):

@@ -35,8 +35,9 @@ def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
   """One record per logSNR level: noise_left and grain of x0_hat = denoise(x_t, t, logsnr)[0]
   for sprites x0 [N, H, W, C] in [-1, 1] noised to that level (t where the schedule reaches it),
   and of the do-nothing clip(x_t / alpha). draws > 1: x0_hat (and x_t) averaged over that many
-  noisings of each sprite, as sample.refine_draws does; the part of the error that follows the
-  noise shrinks, the rest stays."""
+  noisings of each sprite, as sample.refine_draws does (there by the run's refiner where it has
+  one; here always by the drawing network); the part of the error that follows the noise
+  shrinks, the rest stays."""
   n, records = x0.shape[0], []
   for i, level in enumerate(levels):
     logsnr = jnp.full((n,), level, jnp.float32)
@@ -138,6 +139,6 @@ if __name__ == '__main__':
                     'guidance, as the sampler draws.')
   flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
   flags.DEFINE_integer('draws', 1, 'Average x0_hat over this many noisings of each sprite, as '
-                       'sample.refine_draws does.')
+                       'sample.refine_draws does (by the drawing network; not the refiner).')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)

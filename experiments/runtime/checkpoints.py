@@ -88,7 +88,7 @@ def check_compatible(directory, saved_tree, abstract_state) -> None:
         'use another --workdir, or the config that trained them.')
 
 
-def _short(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
   lines = str(error).strip().splitlines() or ['']
   text = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + '...'
   return f'{type(error).__name__}: {text}'
@@ -110,7 +110,7 @@ def _metadata(mngr, step: int):
     tree, custom = metadata.item_metadata.tree, metadata.custom_metadata or {}
     _shapes(tree)
   except Exception as e:  # any failure to read a checkpoint makes it unusable, whatever raised
-    raise _Damaged(f'its metadata cannot be read ({_short(e)})') from e
+    raise _Damaged(f'its metadata cannot be read ({short_error(e)})') from e
   return tree, custom.get('sha256')
 
 
@@ -121,7 +121,7 @@ def _restore_checked(mngr, step: int, abstract_state):
   try:
     state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # tensorstore and orbax raise many types for damaged files
-    raise _Damaged(f'reading it failed ({_short(e)})') from e
+    raise _Damaged(f'reading it failed ({short_error(e)})') from e
   found = integrity.problems(state, expected)
   saved_steps = integrity.host_copy(getattr(state, 'step', step))
   if saved_steps is not None and not np.all(saved_steps == step):
@@ -205,7 +205,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, metadata: dict | None = 
   except Exception as e:  # disk full, permissions, a lost mount: whatever it is, stop here
     kept = [s for s in mngr.all_steps() if s != step]
     raise CheckpointError(
-        f'Saving the checkpoint of step {step} in {mngr.directory} failed ({_short(e)}). '
+        f'Saving the checkpoint of step {step} in {mngr.directory} failed ({short_error(e)}). '
         f'Earlier checkpoints ({", ".join(map(str, kept)) or "none"}) are untouched; the run '
         'stopped so that no more work is lost. Fix the cause (disk space, permissions) and run '
         'again to resume' + (f' from step {max(kept)}.' if kept else '.')) from e

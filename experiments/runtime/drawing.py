@@ -122,7 +122,8 @@ def with_refiner(params, workdir: str, step: int | None, mesh, sample_cfg, **sta
   if not refiner_steps(workdir, step, sample_cfg):
     return params
   abstract = state_lib.abstract_state(mesh=mesh, **state_kwargs).params
-  refined, settings = refiner.restore(workdir, step, abstract)
+  drawing = params.params if isinstance(params, Guided) else params
+  refined, settings = refiner.restore(workdir, step, abstract, drawing)
   lo, hi = settings['logsnr']
   if not lo <= sample_cfg.refine_logsnr <= hi:
     raise ValueError(

@@ -46,6 +46,12 @@ def digests(tree) -> dict[str, str]:
   return {name: _digest(a) for name, a in _host_arrays(tree).items() if a is not None}
 
 
+def fingerprint(tree) -> str:
+  """One sha256 for a whole tree of replicated arrays (its arrays' digests, by path): which
+  weights a refiner was fine-tuned from."""
+  return hashlib.sha256(repr(sorted(digests(tree).items())).encode()).hexdigest()
+
+
 def problems(tree, expected: dict[str, str] | None) -> list[str]:
   """What is wrong with a restored `tree`: non-finite values, and arrays whose sha256 differs from
   the one saved with them (`expected`; None for checkpoints saved without digests)."""

@@ -12,9 +12,10 @@ nearly clean levels only (train.refiner_*), where the layout and colors are alre
 does the refining pass.
 
 Kept in <workdir>/refiner/<step>, <step> being the step of the weights it was fine-tuned from,
-with its settings in the checkpoint's metadata. It is fine-tuned after the last training step,
-from the weights that draw (EMA if sample.use_ema), deterministically: a run stopped while it
-is fine-tuned (seconds to a minute) fine-tunes it again when run again.
+with its settings and those weights' fingerprint (integrity.fingerprint) in the checkpoint's
+metadata; every refiner is kept. It is fine-tuned after the last training step, from the weights
+that draw (EMA if sample.use_ema), deterministically: a run stopped while it is fine-tuned
+(seconds to a minute) fine-tunes it again when run again.
 """
 import os
 
@@ -25,7 +26,7 @@ import optax
 from absl import logging
 
 from diffusion import samplers
-from experiments.runtime import checkpoints, parallel, state as state_lib, train_step
+from experiments.runtime import checkpoints, integrity, parallel, state as state_lib, train_step
 
 FOLDER = 'refiner'
 KEY_STREAM = 2  # its batches: fold_in(key(seed), 2), beside the initial weights' 0 and training's 1
@@ -39,15 +40,43 @@ def settings(steps: int, logsnr: tuple[float, float], norm: str, learning_rate: 
 
 
 def _manager(workdir: str, create: bool = False):
-  return checkpoints.manager(workdir, 2, create=create, folder=FOLDER)
+  # Every refiner is kept: each is the only one of its weights, and small.
+  return checkpoints.manager(workdir, 2**31 - 1, create=create, folder=FOLDER)
+
+
+def _records(workdir: str) -> dict[int, dict]:
+  """{step: what its refiner's metadata records (settings, source)}; an unreadable record is a
+  CheckpointError that says what to do."""
+  if not os.path.isdir(os.path.join(workdir, FOLDER)):
+    return {}
+  mngr = _manager(workdir)
+  records = {}
+  for step in mngr.all_steps():
+    record = checkpoints.custom_metadata(mngr, step)
+    if not {'refiner', 'source'} <= set(record):
+      raise checkpoints.CheckpointError(
+          f'{os.path.join(workdir, FOLDER, str(step))} holds no readable record of how its refiner '
+          'was fine-tuned, or from which weights: move it away, then run the training command '
+          'again to fine-tune a new one (it does not train further), or set sample.refiner=False.')
+    records[step] = record
+  return records
 
 
 def saved(workdir: str) -> dict[int, dict]:
   """{step of the weights it came from: settings} of every refiner the workdir holds."""
-  if not os.path.isdir(os.path.join(workdir, FOLDER)):
-    return {}
-  mngr = _manager(workdir)
-  return {s: checkpoints.custom_metadata(mngr, s).get('refiner', {}) for s in mngr.all_steps()}
+  return {step: record['refiner'] for step, record in _records(workdir).items()}
+
+
+def check_source(workdir: str, step: int, params) -> None:
+  """Raise if the refiner of `step` was fine-tuned from other weights than `params` (the workdir
+  trained again from scratch, or sample.use_ema changed which weights draw)."""
+  record = _records(workdir).get(step)
+  if record is not None and record['source'] != integrity.fingerprint(params):
+    raise ValueError(
+        f'The refiner in {os.path.join(workdir, FOLDER, str(step))} was fine-tuned from other '
+        f'weights than the step-{step} weights drawing now (trained again since, or another '
+        'sample.use_ema). It was left as it is: move it away and run the training command again '
+        'to fine-tune one from these (it does not train further), or set sample.refiner=False.')
 
 
 def check_same(workdir: str, step: int, want: dict) -> None:
@@ -61,11 +90,13 @@ def check_same(workdir: str, step: int, want: dict) -> None:
         'that folder away to fine-tune another.')
 
 
-def restore(workdir: str, step: int, abstract_params):
-  """(params, settings) of the refiner of `step`'s weights, checked, or None if there is none."""
+def restore(workdir: str, step: int, abstract_params, source_params):
+  """(params, settings) of the refiner of `step`'s weights `source_params`, checked, or None if
+  there is none."""
   have = saved(workdir)
   if step not in have:
     return None
+  check_source(workdir, step, source_params)
   tree = checkpoints.restore_step(
       _manager(workdir), step, {'params': abstract_params},
       why=f'The refining pass denoises with the refiner of step {step}',
@@ -75,11 +106,12 @@ def restore(workdir: str, step: int, abstract_params):
 
 
 def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, mesh, seed: int,
-              logsnr_fn, step_kwargs: dict) -> None:
+              logsnr_fn, step_kwargs: dict, adam_b2: float = 0.999, grad_clip: float = 0.0) -> None:
   """Fine-tune a copy of `params` (the weights of `step` that draw) as `want` says and save it.
 
   step_kwargs: runtime.train_step.make_one_step's keywords for the run (model, loss, batch, EMA),
   of which the loss norm, the noise levels, the optimizer and the EMA half-life are replaced.
+  adam_b2, grad_clip: the run's (train.adam_beta2, train.grad_clip).
   """
   lo, hi = want['logsnr']
   level_range = (float(samplers.time_at(logsnr_fn, hi)), float(samplers.time_at(logsnr_fn, lo)))
@@ -87,7 +119,9 @@ def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, me
   tx = optax.adam(optax.join_schedules(
       [optax.linear_schedule(0.0, want['learning_rate'], min(WARMUP_STEPS, steps)),
        optax.cosine_decay_schedule(want['learning_rate'], max(steps - WARMUP_STEPS, 1))],
-      [min(WARMUP_STEPS, steps)]))
+      [min(WARMUP_STEPS, steps)]), b2=adam_b2)
+  if grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
   kwargs = {**step_kwargs, 'tx': tx, 'level_range': level_range, 'steps_per_dispatch': 1,
             'loss_kwargs': {**step_kwargs['loss_kwargs'], 'norm': want['norm']},
             # the average of its last eighth or so (the run's ramp-up applies as well)
@@ -112,8 +146,15 @@ def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, me
         f'The refiner of step {step} diverged (loss {losses[~np.isfinite(losses)][0]} at its '
         f'step {int(np.argmax(~np.isfinite(losses))) + 1}); nothing was saved. Lower '
         'train.refiner_learning_rate, or set train.refiner_steps=0.')
-  checkpoints.save(_manager(workdir, create=True), step, {'params': state.ema_params},
-                   metadata={'refiner': want})
+  try:
+    checkpoints.save(_manager(workdir, create=True), step, {'params': state.ema_params},
+                     metadata={'refiner': want, 'source': integrity.fingerprint(params)})
+  except checkpoints.CheckpointError as e:
+    raise checkpoints.CheckpointError(
+        f'Saving the refiner of step {step} in {os.path.join(workdir, FOLDER)} failed '
+        f'({checkpoints.short_error(e.__cause__)}). The training checkpoints are untouched: fix '
+        'the cause (disk space, permissions) and run the training command again, which '
+        'fine-tunes it again.') from e
   last = min(100, steps)
   logging.info('Saved the refiner of step %d in %s (mean loss of its last %d steps %.4f).', step,
                os.path.join(workdir, FOLDER), last, float(losses[-last:].mean()))
