@@ -95,8 +95,8 @@ def short_error(error: BaseException) -> str:
 
 
 def custom_metadata(mngr, step: int) -> dict:
-  """What `save` stored beside the arrays of checkpoint `step` ({} if it cannot be read: the
-  restore's checks then say what is wrong)."""
+  """What `save` stored beside the arrays of checkpoint `step`; {} if it cannot be read (the
+  caller says what that means for it)."""
   try:
     return dict(mngr.metadata(step).custom_metadata or {})
   except Exception:  # pylint: disable=broad-except  # a damaged checkpoint: restore_step reports it
