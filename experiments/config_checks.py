@@ -148,6 +148,24 @@ def check_noise_levels(config, logsnr_fn, span: tuple[float, float] | None) -> N
                      'fewer steps.')
 
 
+def check_refiner(config, logsnr_fn, band: tuple[float, float]) -> None:
+  """Raise ValueError naming the key when the refiner's levels (`band`, train.refiner_logsnr
+  parsed) leave the schedule, or the refining pass would noise outside them."""
+  train, sample = config.train, config.sample
+  if not train.refiner_steps:
+    return
+  (lo, hi), spec = band, repr(train.refiner_logsnr)
+  first, last = float(logsnr_fn(jnp.float32(1.0))), float(logsnr_fn(jnp.float32(0.0)))
+  if not (first < lo and hi < last):
+    raise ValueError(f'train.refiner_logsnr={spec}: the {config.diffusion.schedule} schedule '
+                     f'runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); the refiner\'s '
+                     'levels must lie strictly inside (nearly clean ones, such as 3,5).')
+  if sample.refine_draws and sample.refiner and not lo <= sample.refine_logsnr <= hi:
+    raise ValueError(f'sample.refine_logsnr={sample.refine_logsnr:g} lies outside '
+                     f'train.refiner_logsnr={spec}, the levels the refiner is fine-tuned on: move '
+                     'one to the other, or set sample.refiner=False (or train.refiner_steps=0).')
+
+
 _BUILT: dict = {}  # (model section, image size) -> why it cannot be built ('' if it can)
 
 

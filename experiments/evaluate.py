@@ -30,7 +30,7 @@ from experiments.data import dataset
 from experiments.pictures import canvas
 from experiments.quality import audit, colors, feature_cache, features, floor, grain, metrics
 from experiments.quality import report as report_lib
-from experiments.runtime import checkpoints, drawing, files, hosts, parallel
+from experiments.runtime import checkpoints, drawing, files, hosts, parallel, refiner
 
 REFERENCES = ('test', 'train')
 
@@ -68,7 +68,7 @@ def _draw(config, workdir, train, params, step):
                                mesh, frames=0)
   images = sample.snap_to_palette(images, train.images, config.sample.palette)
   name = sample.output_name(config, step or 0, drawing.guide_step(workdir, config.sample),
-                            drawing.refiner_steps(workdir, step, config.sample))
+                            refiner.steps_for(workdir, step, config.sample))
   return images, labels, name, step
 
 

@@ -112,7 +112,8 @@ def validate(config) -> None:
   drawing.guidance_interval(sample.guidance_logsnr)
   config_checks.check_noise_levels(config, logsnr_fn(config.diffusion),
                                    drawing.logsnr_span(sample.logsnr_grid))
-  _validate_refiner(config)
+  config_checks.check_refiner(config, logsnr_fn(config.diffusion),
+                              drawing.refiner_band(config.train.refiner_logsnr))
   config_checks.check_model(config, model(config.model, 1))
 
 
@@ -120,22 +121,6 @@ def refiner_settings(train_cfg) -> dict:
   """train.refiner_* as runtime/refiner.py stores them."""
   return refiner.settings(train_cfg.refiner_steps, drawing.refiner_band(train_cfg.refiner_logsnr),
                           train_cfg.refiner_norm, train_cfg.refiner_learning_rate)
-
-
-def _validate_refiner(config) -> None:
-  train, sample = config.train, config.sample
-  lo, hi = drawing.refiner_band(train.refiner_logsnr)
-  if not train.refiner_steps:
-    return
-  first, last = (float(logsnr_fn(config.diffusion)(jnp.float32(t))) for t in (1.0, 0.0))
-  _check(first < lo and hi < last,
-         f'train.refiner_logsnr={train.refiner_logsnr!r}: the {config.diffusion.schedule} schedule '
-         f'runs from logSNR {first:g} (t = 1) to {last:g} (t = 0); the refiner\'s levels must lie '
-         'strictly inside (nearly clean ones, such as 3,5).')
-  _check(not (sample.refine_draws and sample.refiner) or lo <= sample.refine_logsnr <= hi,
-         f'sample.refine_logsnr={sample.refine_logsnr:g} lies outside train.refiner_logsnr='
-         f'{train.refiner_logsnr!r}, the levels the refiner is fine-tuned on: move one to the '
-         'other, or set sample.refiner=False (or train.refiner_steps=0).')
 
 
 def is_unet(name: str) -> bool:

@@ -17,7 +17,7 @@ from absl import logging
 from experiments import from_config
 from experiments.data import dataset, palette
 from experiments.pictures import canvas, denoising, sprite_sheet
-from experiments.runtime import drawing, files, hosts, parallel
+from experiments.runtime import drawing, files, hosts, parallel, refiner
 
 
 def output_name(config, step: int, guide_step: int | None = None,
@@ -96,7 +96,7 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                                    mesh, frames)
   if sample_cfg.palette:
     images = snap_to_palette(images, dataset.load(config.data, 'train').images, sample_cfg.palette)
-  refined_by = drawing.refiner_steps(workdir, step, sample_cfg)
+  refined_by = refiner.steps_for(workdir, step, sample_cfg)
   stem = os.path.join(workdir, 'samples', output_name(
       config, step or 0, drawing.guide_step(workdir, sample_cfg), refined_by))
   with hosts.then_barrier('samples written'):

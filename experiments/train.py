@@ -88,11 +88,7 @@ def fine_tune_refiner(config, workdir: str, params, step: int, data, mesh) -> No
   """The refiner of the weights that draw (runtime/refiner.py), unless train.refiner_steps is 0
   or the workdir holds it already."""
   want = from_config.refiner_settings(config.train)
-  if not want['steps']:
-    return
-  refiner.check_same(workdir, step, want)
-  if step in refiner.saved(workdir):
-    refiner.check_source(workdir, step, params)
+  if not want['steps'] or refiner.held(workdir, step, want, params):
     return
   kwargs = from_config.train_step_kwargs(config, data.num_classes, jax.default_backend())
   images, labels = parallel.put_replicated((data.images, data.labels), mesh)

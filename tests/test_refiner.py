@@ -64,7 +64,7 @@ def test_the_refiner_is_fine_tuned_once_kept_and_does_the_refining_pass(refined_
   # What draws carries the refiner beside the drawing weights and their guide, and they differ.
   step, drawn = drawing.weights(workdir, parallel.make_mesh(), config.sample,
                                 **from_config.state_kwargs(config, 8))
-  assert step == 2 and isinstance(drawn, drawing.Refined)
+  assert step == 2 and isinstance(drawn, refiner.Refined)
   assert isinstance(drawn.params, drawing.Guided)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, drawn.params.params,
                                               drawn.refiner)))

@@ -37,20 +37,13 @@ class Sampling:
   logsnr_grid: tuple[float, float] | None = None  # steps uniform in logSNR over (lo, hi); None: in t
   autoguidance: float = 0.0  # > 0: params are (weights, guide weights), see with_guide
   refine_draws: int = 0  # > 0: the result averaged over this many re-noisings (samplers.refine)
-  refine_logsnr: float = 4.0  # ... at this noise level, by params' refiner if it is Refined
+  refine_logsnr: float = 4.0  # ... at this noise level, by params' refiner if refiner.Refined
 
 
 class Guided(NamedTuple):
   """The weights that draw, and the early weights of the same run that autoguidance steers from."""
   params: Any
   guide: Any
-
-
-class Refined(NamedTuple):
-  """What draws (weights, or a Guided pair), and the refiner that does the refining pass
-  (runtime/refiner.py): unguided by autoguidance, whose guide is the drawing weights' past."""
-  params: Any
-  refiner: Any
 
 
 def restore_params(workdir: str, mesh, use_ema: bool, **state_kwargs):
@@ -101,36 +94,11 @@ def weights(workdir: str, mesh, sample_cfg, *, params=None, step: int | None = N
             **state_kwargs):
   """(step, what make_sample_fn's function draws with): `params`, or the workdir's latest
   checkpoint's, paired with the guide's weights when autoguidance is on (with_guide), and with
-  the refiner of those weights when the refining pass uses one (with_refiner)."""
+  the refiner of those weights when the refining pass uses one (refiner.attach)."""
   if params is None:
     step, params = restore_params(workdir, mesh, sample_cfg.use_ema, **state_kwargs)
-  params = with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
-  return step, with_refiner(params, workdir, step, mesh, sample_cfg, **state_kwargs)
-
-
-def refiner_steps(workdir: str, step: int | None, sample_cfg) -> int:
-  """The steps of the refiner that does the refining pass of `step`'s weights: 0 for none (no
-  pass, sample.refiner=False, or no refiner of that step in the workdir: the pass then uses
-  the drawing weights; a run fine-tunes its refiner after its last step)."""
-  if not sample_cfg.refine_draws or not sample_cfg.refiner or step is None:
-    return 0
-  return refiner.saved(workdir).get(step, {}).get('steps', 0)
-
-
-def with_refiner(params, workdir: str, step: int | None, mesh, sample_cfg, **state_kwargs):
-  """`params`, or Refined(params, the refiner of `step`'s weights) when refiner_steps says so."""
-  if not refiner_steps(workdir, step, sample_cfg):
-    return params
-  abstract = state_lib.abstract_state(mesh=mesh, **state_kwargs).params
-  drawing = params.params if isinstance(params, Guided) else params
-  refined, settings = refiner.restore(workdir, step, abstract, drawing)
-  lo, hi = settings['logsnr']
-  if not lo <= sample_cfg.refine_logsnr <= hi:
-    raise ValueError(
-        f'sample.refine_logsnr={sample_cfg.refine_logsnr:g}: the refiner of step {step} was '
-        f'fine-tuned on logSNR {lo:g}..{hi:g} only; refine within that, or set '
-        'sample.refiner=False to refine with the drawing weights.')
-  return Refined(params, refined)
+  guided = with_guide(params, workdir, mesh, sample_cfg, **state_kwargs)
+  return step, refiner.attach(guided, params, workdir, step, sample_cfg, mesh, **state_kwargs)
 
 
 def network(model, params, autoguidance: float):
@@ -145,13 +113,13 @@ def network(model, params, autoguidance: float):
 def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   """jitted (params, keys [B], context [B, K]) -> x [B, S, S, 3] (and the Movie), sharded on B;
   params a Guided pair when sampling.autoguidance > 0 (with_guide makes it), either of them in
-  a Refined pair when a refiner does the refining pass (with_refiner)."""
+  a refiner.Refined pair when a refiner does the refining pass (refiner.attach)."""
   s = sampling  # pylint: disable=invalid-name
   grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
   t_refine = float(samplers.time_at(s.logsnr_fn, s.refine_logsnr)) if s.refine_draws else 0.0
 
   def fn(params, keys, context):
-    params, refiner_params = params if isinstance(params, Refined) else (params, None)
+    params, refiner_params = params if isinstance(params, refiner.Refined) else (params, None)
     make = lambda model_fn: denoiser.make_denoiser(
         model_fn=model_fn, context=context,
         prediction=s.prediction, sigma_data=s.sigma_data, guidance=s.guidance,

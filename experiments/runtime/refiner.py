@@ -18,6 +18,7 @@ that draw (EMA if sample.use_ema), deterministically: a run stopped while it is 
 (seconds to a minute) fine-tunes it again when run again.
 """
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,13 @@ from experiments.runtime import checkpoints, integrity, parallel, state as state
 FOLDER = 'refiner'
 KEY_STREAM = 2  # its batches: fold_in(key(seed), 2), beside the initial weights' 0 and training's 1
 WARMUP_STEPS = 50  # Adam's moments start at zero: a short warm-up, then a cosine to zero
+
+
+class Refined(NamedTuple):
+  """What draws (weights, or drawing.Guided with autoguidance's guide), and the refiner that
+  does the refining pass: unguided by autoguidance, whose guide is the drawing weights' past."""
+  params: Any
+  refiner: Any
 
 
 def settings(steps: int, logsnr: tuple[float, float], norm: str, learning_rate: float) -> dict:
@@ -67,11 +75,10 @@ def saved(workdir: str) -> dict[int, dict]:
   return {step: record['refiner'] for step, record in _records(workdir).items()}
 
 
-def check_source(workdir: str, step: int, params) -> None:
-  """Raise if the refiner of `step` was fine-tuned from other weights than `params` (the workdir
-  trained again from scratch, or sample.use_ema changed which weights draw)."""
-  record = _records(workdir).get(step)
-  if record is not None and record['source'] != integrity.fingerprint(params):
+def _check_source(workdir: str, step: int, record: dict, params) -> None:
+  """Raise if the refiner of `step` (its `record`) was fine-tuned from other weights than
+  `params` (the workdir trained again from scratch, or sample.use_ema changed which draw)."""
+  if record['source'] != integrity.fingerprint(params):
     raise ValueError(
         f'The refiner in {os.path.join(workdir, FOLDER, str(step))} was fine-tuned from other '
         f'weights than the step-{step} weights drawing now (trained again since, or another '
@@ -79,30 +86,85 @@ def check_source(workdir: str, step: int, params) -> None:
         'to fine-tune one from these (it does not train further), or set sample.refiner=False.')
 
 
+def _check_settings(workdir: str, step: int, record: dict, want: dict) -> None:
+  if record['refiner'] != want:
+    raise ValueError(
+        f'{os.path.join(workdir, FOLDER, str(step))} holds a refiner fine-tuned with '
+        f'{record["refiner"]}, not the configured {want} (train.refiner_*). It was left as it is: '
+        'set those back, or move that folder away to fine-tune another.')
+
+
 def check_same(workdir: str, step: int, want: dict) -> None:
   """Raise if the workdir holds a refiner of `step` fine-tuned with other settings than `want`:
   fine-tuning again would overwrite it."""
-  have = saved(workdir).get(step)
-  if have is not None and have != want:
+  record = _records(workdir).get(step)
+  if record is not None:
+    _check_settings(workdir, step, record, want)
+
+
+def held(workdir: str, step: int, want: dict, params) -> bool:
+  """Whether the workdir holds the refiner `want` describes of `step`'s weights `params`;
+  raises if it holds another one there (other settings, or other weights)."""
+  record = _records(workdir).get(step)
+  if record is None:
+    return False
+  _check_settings(workdir, step, record, want)
+  _check_source(workdir, step, record, params)
+  return True
+
+
+def steps_for(workdir: str, step: int | None, sample_cfg) -> int:
+  """The steps of the refiner that does the refining pass of `step`'s weights: 0 for none (no
+  pass, sample.refiner=False, or no refiner of that step in the workdir: the pass then uses
+  the drawing weights; a run fine-tunes its refiner after its last step)."""
+  if not sample_cfg.refine_draws or not sample_cfg.refiner or step is None:
+    return 0
+  return saved(workdir).get(step, {}).get('steps', 0)
+
+
+def attach(params, weights, workdir: str, step: int | None, sample_cfg, mesh, **state_kwargs):
+  """`params` (what draws: `weights`, or their Guided pair), or Refined(params, the refiner of
+  `step`'s `weights`) when the refining pass uses one (steps_for), checked and restored."""
+  record = (_records(workdir).get(step)
+            if sample_cfg.refine_draws and sample_cfg.refiner and step is not None else None)
+  if record is None:
+    return params
+  _check_source(workdir, step, record, weights)
+  lo, hi = record['refiner']['logsnr']
+  if not lo <= sample_cfg.refine_logsnr <= hi:
     raise ValueError(
-        f'{os.path.join(workdir, FOLDER, str(step))} holds a refiner fine-tuned with {have}, not '
-        f'the configured {want} (train.refiner_*). It was left as it is: set those back, or move '
-        'that folder away to fine-tune another.')
-
-
-def restore(workdir: str, step: int, abstract_params, source_params):
-  """(params, settings) of the refiner of `step`'s weights `source_params`, checked, or None if
-  there is none."""
-  have = saved(workdir)
-  if step not in have:
-    return None
-  check_source(workdir, step, source_params)
+        f'sample.refine_logsnr={sample_cfg.refine_logsnr:g}: the refiner of step {step} was '
+        f'fine-tuned on logSNR {lo:g}..{hi:g} only; refine within that, or set '
+        'sample.refiner=False to refine with the drawing weights.')
+  abstract = state_lib.abstract_state(mesh=mesh, **state_kwargs).params
   tree = checkpoints.restore_step(
-      _manager(workdir), step, {'params': abstract_params},
+      _manager(workdir), step, {'params': abstract},
       why=f'The refining pass denoises with the refiner of step {step}',
       fix=f'move {os.path.join(workdir, FOLDER, str(step))} away and run the training command '
           'again (it fine-tunes a new one without training further), or set sample.refiner=False')
-  return tree['params'], have[step]
+  return Refined(params, tree['params'])
+
+
+def _optimizer(want: dict, adam_b2: float, grad_clip: float) -> optax.GradientTransformation:
+  """Adam at want's learning rate: WARMUP_STEPS of warm-up, then a cosine to zero."""
+  steps, warmup = want['steps'], min(WARMUP_STEPS, want['steps'])
+  tx = optax.adam(optax.join_schedules(
+      [optax.linear_schedule(0.0, want['learning_rate'], warmup),
+       optax.cosine_decay_schedule(want['learning_rate'], max(steps - WARMUP_STEPS, 1))],
+      [warmup]), b2=adam_b2)
+  return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
+
+
+def _save(workdir: str, step: int, refiner_params, want: dict, source) -> None:
+  try:
+    checkpoints.save(_manager(workdir, create=True), step, {'params': refiner_params},
+                     metadata={'refiner': want, 'source': integrity.fingerprint(source)})
+  except checkpoints.CheckpointError as e:
+    raise checkpoints.CheckpointError(
+        f'Saving the refiner of step {step} in {os.path.join(workdir, FOLDER)} failed '
+        f'({checkpoints.short_error(e.__cause__)}). The training checkpoints are untouched: fix '
+        'the cause (disk space, permissions) and run the training command again, which '
+        'fine-tunes it again.') from e
 
 
 def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, mesh, seed: int,
@@ -116,12 +178,7 @@ def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, me
   lo, hi = want['logsnr']
   level_range = (float(samplers.time_at(logsnr_fn, hi)), float(samplers.time_at(logsnr_fn, lo)))
   steps, batch_size = want['steps'], step_kwargs['batch_size']
-  tx = optax.adam(optax.join_schedules(
-      [optax.linear_schedule(0.0, want['learning_rate'], min(WARMUP_STEPS, steps)),
-       optax.cosine_decay_schedule(want['learning_rate'], max(steps - WARMUP_STEPS, 1))],
-      [min(WARMUP_STEPS, steps)]), b2=adam_b2)
-  if grad_clip > 0:
-    tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
+  tx = _optimizer(want, adam_b2, grad_clip)
   kwargs = {**step_kwargs, 'tx': tx, 'level_range': level_range, 'steps_per_dispatch': 1,
             'loss_kwargs': {**step_kwargs['loss_kwargs'], 'norm': want['norm']},
             # the average of its last eighth or so (the run's ramp-up applies as well)
@@ -146,15 +203,7 @@ def fine_tune(*, want: dict, params, step: int, workdir: str, images, labels, me
         f'The refiner of step {step} diverged (loss {losses[~np.isfinite(losses)][0]} at its '
         f'step {int(np.argmax(~np.isfinite(losses))) + 1}); nothing was saved. Lower '
         'train.refiner_learning_rate, or set train.refiner_steps=0.')
-  try:
-    checkpoints.save(_manager(workdir, create=True), step, {'params': state.ema_params},
-                     metadata={'refiner': want, 'source': integrity.fingerprint(params)})
-  except checkpoints.CheckpointError as e:
-    raise checkpoints.CheckpointError(
-        f'Saving the refiner of step {step} in {os.path.join(workdir, FOLDER)} failed '
-        f'({checkpoints.short_error(e.__cause__)}). The training checkpoints are untouched: fix '
-        'the cause (disk space, permissions) and run the training command again, which '
-        'fine-tunes it again.') from e
+  _save(workdir, step, state.ema_params, want, params)
   last = min(100, steps)
   logging.info('Saved the refiner of step %d in %s (mean loss of its last %d steps %.4f).', step,
                os.path.join(workdir, FOLDER), last, float(losses[-last:].mean()))
