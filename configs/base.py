@@ -122,7 +122,7 @@ def _sample() -> ml_collections.ConfigDict:
                          # many if it has more); eval then scores the snapped sprites. 0 = off
   s.use_ema = True
   s.seed = 0             # sprite i's noise derives from (seed, i): the same at any batch size
-  s.batch_size = 256     # sprites per jitted sampling call
+  s.batch_size = 256     # sprites per jitted sampling call (the last: only those left)
   s.gif = True           # write the denoising progression as a GIF
   s.gif_frames = 25
   s.upscale = 4          # nearest-neighbor factor for the PNG grids

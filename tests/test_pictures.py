@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from conftest import tiny_config
 from configs import sprites
 from diffusion import samplers, schedules
 from experiments import from_config, show, train
+from experiments.data import dataset
 from experiments.pictures import denoising, forward_process, sprite_sheet
 from experiments.runtime import drawing, parallel
 
@@ -184,6 +186,24 @@ def test_repeated_indices_share_the_noise_and_only_the_context_changes(trained):
   np.testing.assert_array_equal(images[0], images[1])
   assert np.any(images[0] != images[2]) and np.any(images[0] != images[3])
   np.testing.assert_array_equal(images[0], draw(ctx[:1], indices=np.array([5]))[0])
+
+
+def test_the_last_sampling_call_draws_only_the_rows_left():
+  """70 rows in calls of 32 on 8 devices: 32, 32 and 8 (2 rows of padding, not 26), every row's
+  sprite back in its place."""
+  mesh, calls = parallel.make_mesh(), []
+
+  def fn(params, keys, context):  # a stand-in sampler: each sprite is its row's context value
+    del params, keys
+    calls.append(len(context))
+    return jnp.broadcast_to(context[:, :1, None, None], (len(context), 2, 2, 3))
+
+  context = np.linspace(-1, 1, 70, dtype=np.float32)[:, None]
+  images, movie = drawing.generate(fn, None, 0, context, 32, mesh, 0)
+  assert calls == [32, 32, 8] and movie is None
+  np.testing.assert_array_equal(images[:, 0, 0, 0], dataset.to_uint8(context[:, 0]))
+  assert drawing.generate(fn, None, 0, context[:5], 256, mesh, 0)[0].shape == (5, 2, 2, 3)
+  assert calls[-1] == 8  # a small draw: one call, rounded up to the devices
 
 
 def test_refining_changes_the_sprites_but_not_the_sampler_s_movie(trained):
