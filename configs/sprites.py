@@ -77,7 +77,7 @@ def _cpu(c):
   # Then the refining pass (samplers.refine): the drawn sprites noised again to logSNR 4 eight
   # times, denoised and averaged, so the speckle that follows the noise averages away. On the
   # same models and noise (docs/results.md): grain 6-10% lower on all seven (emoji 0.119 and
-  # 0.122 against 0.129 and 0.133; DawnLike 0.141-0.146 against 0.155-0.161), recall within 0.01
+  # 0.122 against 0.129 and 0.133; DawnLike 0.140-0.146 against 0.155-0.161), recall within 0.01
   # or higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
   # DawnLike seeds (1.42, 1.24, 1.44 against 1.59, 1.21, 1.62); 7 s more for 320 sprites.
   c.sample.update(sampler='dpmpp_2m', steps=25, guidance=1.0, guidance_logsnr='-2,3',
@@ -86,7 +86,7 @@ def _cpu(c):
   # weights fine-tuned 250 steps with the l1 norm (the median) at logSNR 3..5 only, about 35 s.
   # On the same models and noise as refining with the drawing weights: grain 5-8% lower on all
   # seven Results models (emoji 0.113 and 0.115 against 0.119 and 0.122; DawnLike 0.132-0.138
-  # against 0.141-0.146), recall higher on all, FID lower on DawnLike (1.21, 0.94, 1.27 against
+  # against 0.140-0.146), recall higher on all, FID lower on DawnLike (1.21, 0.94, 1.27 against
   # 1.42, 1.24, 1.44) and OpenMoji's seed 0 (1.38 against 1.58), elsewhere within 0.02; colors
   # within a point. The l2 norm gains most of it, 500 steps no more (docs/ablations.md).
   c.train.refiner_steps = 250
