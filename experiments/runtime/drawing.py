@@ -152,7 +152,7 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
 
   Calls of batch_size rows, the last only as large as the rows left (each call rounded up to
   the devices, the padding a repeat of the last row): 320 rows at 256 a call draw 256 and 64,
-  not 256 and 64 padded to 256, a third less. Not two even calls of 160: on XLA:CPU a call's
+  not 256 and 64 padded to 256: 3/8 less to draw. Not two even calls of 160: on XLA:CPU a call's
   size can move a value by 1 in a few pixels, and this way the full calls draw as they always did.
 
   Row r's noise derives from (seed, indices[r]); indices defaults to 0..N-1 (sprite i gets
