@@ -150,10 +150,9 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
              indices: np.ndarray | None = None):
   """(uint8 sprites, Movie of uint8 frames or None) for every context row, in batches.
 
-  Calls of batch_size rows, the last only as large as the rows left (each call rounded up to
-  the devices, the padding a repeat of the last row): 320 rows at 256 a call draw 256 and 64,
-  not 256 and 64 padded to 256: 3/8 less to draw. Not two even calls of 160: on XLA:CPU a call's
-  size can move a value by 1 in a few pixels, and this way the full calls draw as they always did.
+  Calls of batch_size rows, the last only as large as the rows left (rounded up to the devices,
+  padded with the last row): 320 rows at 256 draw 256 and 64, not 256 twice. Not two even calls
+  of 160: on XLA:CPU a call's size can move a pixel by 1, and full calls draw as they always did.
 
   Row r's noise derives from (seed, indices[r]); indices defaults to 0..N-1 (sprite i gets
   noise i). Repeating an index gives rows the same noise, so that only their contexts differ
@@ -161,12 +160,12 @@ def generate(fn, params, seed: int, context: np.ndarray, batch_size: int, mesh, 
   """
   n = len(context)
   indices = np.arange(n) if indices is None else np.asarray(indices)
-  batch = -(-min(batch_size, n) // mesh.size) * mesh.size
+  whole = lambda rows: -(-rows // mesh.size) * mesh.size  # rows rounded up to the devices
+  batch = whole(min(batch_size, n))
   base = jax.random.key(seed)
   images, movies = [], []
   for start in range(0, n, batch):
-    size = min(batch, -(-(n - start) // mesh.size) * mesh.size)
-    rows = np.minimum(np.arange(start, start + size), n - 1)
+    rows = np.minimum(np.arange(start, start + min(batch, whole(n - start))), n - 1)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(base, jnp.asarray(indices[rows]))
     out = fn(params, keys, jnp.asarray(context[rows]))
     x, movie = out if frames else (out, None)

@@ -113,20 +113,22 @@ def held(workdir: str, step: int, want: dict, params) -> bool:
   return True
 
 
+def _wanted(sample_cfg, step: int | None) -> bool:
+  """Whether drawing `step`'s weights would refine with a refiner of them, if the workdir has one."""
+  return bool(sample_cfg.refine_draws and sample_cfg.refiner and step is not None)
+
+
 def steps_for(workdir: str, step: int | None, sample_cfg) -> int:
   """The steps of the refiner that does the refining pass of `step`'s weights: 0 for none (no
   pass, sample.refiner=False, or no refiner of that step in the workdir: the pass then uses
   the drawing weights; a run fine-tunes its refiner after its last step)."""
-  if not sample_cfg.refine_draws or not sample_cfg.refiner or step is None:
-    return 0
-  return saved(workdir).get(step, {}).get('steps', 0)
+  return saved(workdir).get(step, {}).get('steps', 0) if _wanted(sample_cfg, step) else 0
 
 
 def attach(params, weights, workdir: str, step: int | None, sample_cfg, mesh, **state_kwargs):
   """`params` (what draws: `weights`, or their Guided pair), or Refined(params, the refiner of
   `step`'s `weights`) when the refining pass uses one (steps_for), checked and restored."""
-  record = (_records(workdir).get(step)
-            if sample_cfg.refine_draws and sample_cfg.refiner and step is not None else None)
+  record = _records(workdir).get(step) if _wanted(sample_cfg, step) else None
   if record is None:
     return params
   _check_source(workdir, step, record, weights)
