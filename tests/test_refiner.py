@@ -10,7 +10,9 @@ import pytest
 
 from conftest import tiny_config
 from configs import sprites
+from diffusion import denoiser, models
 from experiments import from_config, sample, train
+from experiments.quality import noise_left
 from experiments.runtime import checkpoints, drawing, parallel, refiner, train_step
 
 # As the cpu preset draws: autoguided, then refined; a GIF too.
@@ -75,6 +77,28 @@ def test_the_refiner_is_fine_tuned_once_kept_and_does_the_refining_pass(refined_
   assert os.path.getmtime(os.path.join(workdir, 'refiner', '2')) == before
   assert sorted(os.listdir(os.path.join(workdir, 'refiner', '2'))) == saved_files
   np.testing.assert_array_equal(_images(workdir), by_refiner)
+
+
+def test_noise_left_measures_the_refiner_when_asked_and_names_a_missing_one(refined_run, data_dir):
+  """--refiner: x0_hat by the run's refiner (the refining pass's network, unguided), not by the
+  drawing weights; a config whose pass uses no refiner is refused, naming the flag."""
+  config, labels = _config(data_dir), np.arange(4) % 8
+  x_t = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  t, logsnr = np.full(4, 0.1, np.float32), np.full(4, 4.0, np.float32)
+  x0_hat = lambda **kw: np.asarray(
+      noise_left.make_denoise(config, refined_run, 8, labels, False, **kw)[1](x_t, t, logsnr)[0])
+  _, drawn = drawing.weights(refined_run, parallel.make_mesh(), config.sample,
+                             **from_config.state_kwargs(config, 8))
+  s = from_config.sampling(config)
+  by_hand = denoiser.make_denoiser(
+      model_fn=models.network_fn(from_config.model(config.model, 8), drawn.refiner),
+      context=jax.nn.one_hot(labels, 8), prediction=s.prediction, sigma_data=s.sigma_data,
+      threshold=s.threshold)(x_t, t, logsnr)[0]
+  np.testing.assert_allclose(x0_hat(use_refiner=True), by_hand, atol=1e-5)
+  assert not np.allclose(x0_hat(use_refiner=True), x0_hat(), atol=1e-3)
+  without = _config(data_dir, **{'sample.refiner': False})
+  with pytest.raises(ValueError, match='--refiner: .* no refiner of step 2'):
+    noise_left.make_denoise(without, refined_run, 8, labels, False, use_refiner=True)
 
 
 def test_draws_during_training_refine_with_the_drawing_weights_and_say_so(tmp_path, data_dir):

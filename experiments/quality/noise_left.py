@@ -10,11 +10,13 @@ tell from detail there stays in the samples. Per level, as JSON lines:
   grain       quality/grain.py of the x0_hat sprites (the clean sprites' own: the first line)
 and the same two for the do-nothing denoiser, x_t / alpha clipped to the data range (input_*).
 By default the plain conditional network (EMA weights if sample.use_ema); --guided denoises as
-the sampler does, with the config's autoguidance and classifier-free guidance. A self-conditioned
-network is called twice, the second time with the first x0_hat, as a sampler's later steps are.
+the sampler does, with the config's autoguidance and classifier-free guidance; --refiner with the
+run's refiner, as the refining pass does (with --logsnr=4 --draws=8: that pass applied to real
+sprites). A self-conditioned network is called twice, the second time with the first x0_hat, as
+a sampler's later steps are.
 
   python -m experiments.quality.noise_left --config=configs/sprites.py:cpu \\
-      --workdir=runs/sprites-cpu [--guided] [--logsnr=2,5,6] [--draws=16]
+      --workdir=runs/sprites-cpu [--guided | --refiner] [--logsnr=2,5,6] [--draws=16]
 """
 import json
 import math
@@ -28,16 +30,15 @@ from diffusion import denoiser, gaussian, samplers, schedules
 from experiments import from_config
 from experiments.data import dataset
 from experiments.quality import grain
-from experiments.runtime import cli, drawing, errors, logs, parallel
+from experiments.runtime import cli, drawing, errors, logs, parallel, refiner
 
 def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
             draws: int = 1) -> list[dict]:
   """One record per logSNR level: noise_left and grain of x0_hat = denoise(x_t, t, logsnr)[0]
   for sprites x0 [N, H, W, C] in [-1, 1] noised to that level (t where the schedule reaches it),
   and of the do-nothing clip(x_t / alpha). draws > 1: x0_hat (and x_t) averaged over that many
-  noisings of each sprite, as sample.refine_draws does (there by the run's refiner where it has
-  one; here always by the drawing network); the part of the error that follows the noise
-  shrinks, the rest stays."""
+  noisings of each sprite, as sample.refine_draws does; the part of the error that follows the
+  noise shrinks, the rest stays."""
   n, records = x0.shape[0], []
   for i, level in enumerate(levels):
     logsnr = jnp.full((n,), level, jnp.float32)
@@ -73,14 +74,24 @@ def check_levels(values, logsnr_fn) -> list[float]:
   return levels
 
 
-def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, guided: bool):
-  """(step, denoise(x_t, t, logsnr) -> (x0_hat, None)) for the workdir's latest checkpoint, in
-  blocks of sample.batch_size sprites (the weights an argument of the jitted call, not baked in)."""
+def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, guided: bool,
+                 use_refiner: bool = False):
+  """(step, denoise(x_t, t, logsnr) -> (x0_hat, None)) for the workdir's latest checkpoint (with
+  use_refiner, its refiner), in blocks of sample.batch_size sprites (the weights an argument of
+  the jitted call, not baked in)."""
   mesh, s = parallel.make_mesh(), from_config.sampling(config)
   kwargs = from_config.state_kwargs(config, num_classes)
   step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
-  if guided:  # the drawing network as the sampler guides it (the refiner is not measured here)
+  if guided:  # the drawing network as the sampler guides it
     params = drawing.with_guide(params, workdir, mesh, config.sample, **kwargs)
+  if use_refiner:  # not autoguided, as in the refining pass
+    refined = refiner.attach(params, params, workdir, step, config.sample, mesh, **kwargs)
+    if not isinstance(refined, refiner.Refined):
+      raise ValueError(
+          f'--refiner: {workdir} holds no refiner of step {step} for the refining pass to use '
+          '(it needs sample.refine_draws > 0, sample.refiner=True, and the training command run '
+          'to its end, which fine-tunes one); drop --refiner to measure the drawing network.')
+    params = refined.refiner
   model = from_config.model(config.model, num_classes)
 
   @jax.jit
@@ -115,14 +126,17 @@ def main(argv):
     levels = check_levels(args.logsnr, logsnr_fn)
     if args.draws < 1:
       raise ValueError(f'--draws={args.draws}: average over at least one noising.')
+    if args.guided and args.refiner:
+      raise ValueError('--guided and --refiner: the refining pass is not autoguided; give one.')
     train, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
     if len(test.images) == 0:
       raise ValueError('The test split is empty: noise_left measures on held-out sprites.')
     dataset.check_trained_on(workdir, train, 'the held-out sprites may include ones it learnt')
     num_classes = len(dataset.recorded_class_names(config.data, workdir))
     labels = test.labels if num_classes else np.full(len(test.images), -1)
-    step, denoise = make_denoise(config, workdir, num_classes, labels, args.guided)
+    step, denoise = make_denoise(config, workdir, num_classes, labels, args.guided, args.refiner)
     print(json.dumps({'workdir': workdir, 'step': step, 'guided': args.guided,
+                      'refiner': args.refiner,
                       'sprites': len(test.images), 'clean_grain': grain.grain(test.images)}),
           flush=True)
     for record in measure(denoise, jnp.asarray(dataset.to_model(test.images)), logsnr_fn,
@@ -137,6 +151,7 @@ if __name__ == '__main__':
   flags.DEFINE_list('logsnr', ['-2', '0', '2', '4', '5', '6', '8'], 'Levels to noise to.')
   flags.DEFINE_bool('guided', False, 'With the config\'s autoguidance and classifier-free '
                     'guidance, as the sampler draws.')
+  flags.DEFINE_bool('refiner', False, "With the run's refiner, as the refining pass denoises.")
   flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
   flags.DEFINE_integer('draws', 1, 'Average x0_hat over this many noisings of each sprite, as '
                        'sample.refine_draws does (by the drawing network; not the refiner).')
