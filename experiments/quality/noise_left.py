@@ -11,8 +11,8 @@ tell from detail there stays in the samples. Per level, as JSON lines:
 and the same two for the do-nothing denoiser, x_t / alpha clipped to the data range (input_*).
 By default the plain conditional network (EMA weights if sample.use_ema); --guided denoises as
 the sampler does, with the config's autoguidance and classifier-free guidance; --refiner with the
-run's refiner, as the refining pass does (with --logsnr=4 --draws=8: that pass applied to real
-sprites). A self-conditioned network is called twice, the second time with the first x0_hat, as
+run's refiner, unguided (the presets' guidance stops below the refining level), as the refining
+pass denoises (with --logsnr=4 --draws=8: that pass applied to real sprites). A self-conditioned network is called twice, the second time with the first x0_hat, as
 a sampler's later steps are.
 
   python -m experiments.quality.noise_left --config=configs/sprites.py:cpu \\
@@ -154,6 +154,6 @@ if __name__ == '__main__':
   flags.DEFINE_bool('refiner', False, "With the run's refiner, as the refining pass denoises.")
   flags.DEFINE_integer('seed', 0, 'Seed of the noise.')
   flags.DEFINE_integer('draws', 1, 'Average x0_hat over this many noisings of each sprite, as '
-                       'sample.refine_draws does (by the drawing network; not the refiner).')
+                       'sample.refine_draws does.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=cli.parse_flags)
