@@ -12,8 +12,9 @@ and the same two for the do-nothing denoiser, x_t / alpha clipped to the data ra
 By default the plain conditional network (EMA weights if sample.use_ema); --guided denoises as
 the sampler does, with the config's autoguidance and classifier-free guidance; --refiner with the
 run's refiner, unguided (the presets' guidance stops below the refining level), as the refining
-pass denoises (with --logsnr=4 --draws=8: that pass applied to real sprites). A self-conditioned network is called twice, the second time with the first x0_hat, as
-a sampler's later steps are.
+pass denoises (with --logsnr=4 --draws=8: that pass applied to real sprites). A
+self-conditioned network is called twice, the second time with the first x0_hat, as a sampler's
+later steps are.
 
   python -m experiments.quality.noise_left --config=configs/sprites.py:cpu \\
       --workdir=runs/sprites-cpu [--guided | --refiner] [--logsnr=2,5,6] [--draws=16]
@@ -79,12 +80,12 @@ def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, gui
   """(step, denoise(x_t, t, logsnr) -> (x0_hat, None)) for the workdir's latest checkpoint (with
   use_refiner, its refiner), in blocks of sample.batch_size sprites (the weights an argument of
   the jitted call, not baked in)."""
+  if guided and use_refiner:
+    raise ValueError('--guided and --refiner: the refining pass is not autoguided; give one.')
   mesh, s = parallel.make_mesh(), from_config.sampling(config)
   kwargs = from_config.state_kwargs(config, num_classes)
   step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
-  if guided:  # the drawing network as the sampler guides it
-    params = drawing.with_guide(params, workdir, mesh, config.sample, **kwargs)
-  if use_refiner:  # not autoguided, as in the refining pass
+  if use_refiner:  # the refiner of those weights, not autoguided, as in the refining pass
     refined = refiner.attach(params, params, workdir, step, config.sample, mesh, **kwargs)
     if not isinstance(refined, refiner.Refined):
       raise ValueError(
@@ -92,6 +93,8 @@ def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, gui
           '(it needs sample.refine_draws > 0, sample.refiner=True, and the training command run '
           'to its end, which fine-tunes one); drop --refiner to measure the drawing network.')
     params = refined.refiner
+  elif guided:  # the drawing network as the sampler guides it
+    params = drawing.with_guide(params, workdir, mesh, config.sample, **kwargs)
   model = from_config.model(config.model, num_classes)
 
   @jax.jit
@@ -126,8 +129,6 @@ def main(argv):
     levels = check_levels(args.logsnr, logsnr_fn)
     if args.draws < 1:
       raise ValueError(f'--draws={args.draws}: average over at least one noising.')
-    if args.guided and args.refiner:
-      raise ValueError('--guided and --refiner: the refining pass is not autoguided; give one.')
     train, test = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
     if len(test.images) == 0:
       raise ValueError('The test split is empty: noise_left measures on held-out sprites.')
