@@ -91,7 +91,8 @@ def _train() -> ml_collections.ConfigDict:
                               # this many steps into the refining pass's network (its own
                               # checkpoint, <workdir>/refiner/; runtime/refiner.py); 0 = none
   s.refiner_logsnr = '3,5'    # ... on these nearly clean levels only ('lo,hi', uniform in t) ...
-  s.refiner_norm = 'l1'       # ... with this norm (l1: the median of the clean sprites) ...
+  s.refiner_norm = 'l1_tv'    # ... with this norm (l1: the median of the clean sprites; l1_tv
+                              # with the error's total variation: flat fills stay flat) ...
   s.refiner_learning_rate = 5e-4  # ... by Adam: 50 steps of warm-up, then a cosine decay
   return s
 

@@ -14,6 +14,12 @@ than half the odds. Per pixel, L2 also spends its gradient in proportion to the 
 and on the colour of a region, and little on the small errors that speckle a flat fill; L1 gives
 every value the same share. The median has its price: it pulls colours towards a set's commonest
 (DawnLike's browns), so l1 is a switch and not the presets' (docs/ablations.md).
+
+l1_tv adds the error's total variation: the absolute differences between neighbouring values of
+out - goal, which for a fixed noise level are those of x0_hat - x0. In a flat fill of the clean
+sprite they are x0_hat's own differences, its speckle, and their median is zero wherever the fill
+most likely goes on: a prior for piecewise-flat pixel art that a squared error on the differences
+would not give (its minimiser is the mean again). The refiner is fine-tuned with it.
 """
 from typing import Callable
 
@@ -23,7 +29,9 @@ import jax.numpy as jnp
 from diffusion import gaussian, registry
 
 WEIGHTINGS = ('simple', 'min_snr', 'sigmoid', 'edm', 'elbo')
-NORMS = ('l2', 'l1')
+NORMS = ('l2', 'l1', 'l1_tv')
+TV_WEIGHT = 16.0  # l1_tv: the differences' share against the values' (4 and 64 did as well on
+                  # the refiner of one model: docs/ablations.md)
 
 
 def x0_weight(name: str, *, logsnr: jax.Array, dlogsnr_dt: jax.Array | None = None,
@@ -121,12 +129,19 @@ def example_error(out: jax.Array, goal: jax.Array, norm: str = 'l2') -> jax.Arra
   2 * mae * sign(out - goal) / n per value, whose size matches l2's 2 * |out - goal| / n on
   average over the example, so each noise level gets the gradient its weight gives it under l2,
   while the values share it equally. Its value is mae^2 doubled, (4 / pi) mse for Gaussian errors.
+  l1_tv: the same with mae replaced by (mae + TV_WEIGHT * tv) / (1 + TV_WEIGHT), tv the mean
+  absolute difference between horizontally and vertically neighbouring values of the error.
   """
   axes = tuple(range(1, out.ndim))
+  error = out - goal
   if norm == 'l2':
-    return jnp.mean(jnp.square(out - goal), axis=axes)
+    return jnp.mean(jnp.square(error), axis=axes)
   registry.check(norm, NORMS, 'loss norm')
-  mae = jnp.mean(jnp.abs(out - goal), axis=axes)
+  mae = jnp.mean(jnp.abs(error), axis=axes)
+  if norm == 'l1_tv':  # [B, H, W, C]: rows are axis 1, columns axis 2
+    tv = 0.5 * (jnp.mean(jnp.abs(jnp.diff(error, axis=1)), axis=axes)
+                + jnp.mean(jnp.abs(jnp.diff(error, axis=2)), axis=axes))
+    mae = (mae + TV_WEIGHT * tv) / (1 + TV_WEIGHT)
   return 2.0 * jax.lax.stop_gradient(mae) * mae
 
 

@@ -158,6 +158,28 @@ def test_l1_gives_every_value_an_equal_share_of_l2s_gradient():
     losses.example_error(out, goal, 'l3')
 
 
+def test_l1_tv_charges_speckle_that_l1_does_not_see():
+  """Two errors of the same size per value: a constant shift of a fill, and a checkerboard of
+  the same amplitude (speckle). l1 prices them alike; l1_tv adds their total variation, zero for
+  the shift and twice the amplitude for the checkerboard, so the shift keeps l1's value."""
+  goal = jnp.zeros((1, 4, 4, 3))
+  shift = jnp.full_like(goal, 0.1)
+  rows, cols = jnp.meshgrid(jnp.arange(4), jnp.arange(4), indexing='ij')
+  checker = 0.1 * jnp.where((rows + cols) % 2 == 0, 1.0, -1.0)[None, :, :, None] * jnp.ones_like(goal)
+  l1 = [float(losses.example_error(e, goal, 'l1')[0]) for e in (shift, checker)]
+  tv = [float(losses.example_error(e, goal, 'l1_tv')[0]) for e in (shift, checker)]
+  np.testing.assert_allclose(l1, [2 * 0.1**2] * 2, rtol=1e-5)
+  w = losses.TV_WEIGHT
+  np.testing.assert_allclose(tv[0], 2 * (0.1 / (1 + w))**2, rtol=1e-5)  # only the values count
+  np.testing.assert_allclose(tv[1], 2 * ((0.1 + w * 0.2) / (1 + w))**2, rtol=1e-5)
+  # A fill shifted by 0.1 but one pixel by 0.05: l1 moves that pixel towards the goal, l1_tv
+  # towards its neighbours, which flattens the fill.
+  dip = shift.at[0, 1, 1].set(0.05)
+  grad = lambda norm: np.asarray(jax.grad(
+      lambda o: jnp.sum(losses.example_error(o, goal, norm)))(dip))[0, 1, 1]
+  assert np.all(grad('l1') > 0) and np.all(grad('l1_tv') < 0)
+
+
 def test_self_conditioning_shows_every_other_example_its_own_clipped_estimate():
   """Rows 0, 2, .. get x0_hat from a pass with zeros (clipped, no gradient), rows 1, 3, .. zeros."""
   logsnr_fn = schedules.cosine()

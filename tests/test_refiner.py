@@ -56,7 +56,7 @@ def test_the_refiner_is_fine_tuned_once_kept_and_does_the_refining_pass(refined_
   config = _config(data_dir)
   want = from_config.refiner_settings(config.train)
   assert refiner.saved(workdir) == {2: want}
-  assert want == {'steps': 3, 'logsnr': [3.0, 5.0], 'norm': 'l1', 'learning_rate': 5e-4}
+  assert want == {'steps': 3, 'logsnr': [3.0, 5.0], 'norm': 'l1_tv', 'learning_rate': 5e-4}
   by_refiner = _images(workdir)
   assert os.path.exists(os.path.join(workdir, 'samples', NAME + '.gif'))
   # The same draw with the refining pass by the drawing weights: another file, other sprites.
