@@ -9,7 +9,8 @@ error it is their median, one color or the other, but a network trained on it th
 draws in fewer colors (docs/ablations.md, "The l1 norm"). The refiner takes both: the run's
 weights draw as before, and a copy of them fine-tuned a few hundred steps with the l1 norm on
 nearly clean levels only (train.refiner_*), where the layout and colors are already settled,
-does the refining pass.
+does the refining pass. The default norm, l1_tv, adds the error's total variation, which
+prices a speckle in a flat fill above a shift of the whole fill (diffusion/losses.py).
 
 Kept in <workdir>/refiner/<step>, <step> being the step of the weights it was fine-tuned from,
 with its settings and those weights' fingerprint (integrity.fingerprint) in the checkpoint's
