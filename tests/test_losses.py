@@ -165,7 +165,8 @@ def test_l1_tv_charges_speckle_that_l1_does_not_see():
   goal = jnp.zeros((1, 4, 4, 3))
   shift = jnp.full_like(goal, 0.1)
   rows, cols = jnp.meshgrid(jnp.arange(4), jnp.arange(4), indexing='ij')
-  checker = 0.1 * jnp.where((rows + cols) % 2 == 0, 1.0, -1.0)[None, :, :, None] * jnp.ones_like(goal)
+  signs = jnp.where((rows + cols) % 2 == 0, 1.0, -1.0)[None, :, :, None]
+  checker = 0.1 * signs * jnp.ones_like(goal)
   l1 = [float(losses.example_error(e, goal, 'l1')[0]) for e in (shift, checker)]
   tv = [float(losses.example_error(e, goal, 'l1_tv')[0]) for e in (shift, checker)]
   np.testing.assert_allclose(l1, [2 * 0.1**2] * 2, rtol=1e-5)
