@@ -182,6 +182,35 @@ def test_grain_finds_a_speckle_and_ignores_pixels_outside_the_sprite():
     grain.grain(np.zeros((2, 1, 5, 3), np.uint8))
 
 
+def test_pixel_shares_tell_a_speck_from_a_fill_that_is_not_quite_flat():
+  fill = np.full((2, 4, 4, 3), 200, np.uint8)
+  fill[0, 1, 2] = (200, 200 - grain.APART, 200)  # a speck: APART levels from all 4 neighbors
+  fill[1, 1, 2] = (200, 201 - grain.APART, 200)  # one level short of a speck
+  shares = grain.pixel_shares(fill)
+  assert shares == {'flat': pytest.approx(30 / 32), 'apart': pytest.approx(1 / 32)}
+  wobble = np.full((2, 4, 4, 3), 200, np.uint8)
+  wobble[:, ::2, ::2] += 1  # a fill whose shade wobbles by one level, every pixel off its neighbors
+  wobble[:, 1::2, 1::2] += 1
+  r = grain.report(wobble, fill)
+  assert r['flat'] == {'samples': 0.0, 'real_heldout': pytest.approx(30 / 32)}
+  assert r['apart'] == {'samples': 0.0, 'real_heldout': pytest.approx(1 / 32)}
+  assert grain.pixel_shares(fill[:0]) == {'flat': None, 'apart': None}
+
+
+def test_the_grain_words_name_a_fill_not_quite_flat_and_specks():
+  def words(ratio, flat, apart):
+    g = {'samples': 0.1 * ratio, 'real_heldout': 0.1, 'ratio': ratio,
+         'flat': {'samples': flat, 'real_heldout': 0.6}, 'apart': {'samples': apart, 'real_heldout': 0.2}}
+    return '; '.join(quality_report.verdict({**_verdict_base(), 'grain': g}))
+  assert 'fills as smooth as real ones;' in words(1.0, 0.6, 0.2)
+  assert 'but not exactly flat (10% of pixels equal a neighbor, real sprites 60%)' in words(1.0, 0.1, 0.2)
+  assert 'specks' not in words(1.0, 0.1, 0.2) and 'specks' not in words(1.5, 0.6, 0.2)
+  assert '40% of pixels apart from every neighbor (real sprites 20%): specks' in words(1.0, 0.6, 0.4)
+  assert '1.5x as grainy (speckled, blotchy fills), 40% of pixels apart' in words(1.5, 0.1, 0.4)
+  assert 'apart' not in ' '.join(quality_report.verdict(
+      {**_verdict_base(), 'grain': {'samples': 0.1, 'real_heldout': 0.1, 'ratio': 1.0}}))
+
+
 _INKS = np.array([[200, 40, 40], [40, 160, 40], [40, 40, 200], [120, 80, 20]], np.uint8)
 
 

@@ -12,6 +12,9 @@ import numpy as np
 
 # the 4-neighbor offsets (dy, dx)
 _NEIGHBORS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+# A pixel this many levels (0..255, largest channel) or more from each of its neighbors stands
+# out to the eye; steps under it are the few-level wobble of a fill that is not quite flat.
+APART = 16
 
 
 def pixel_steps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +45,21 @@ def grain(images: np.ndarray) -> float | None:
   return float(nearest.sum()) / total if total > 0 else 0.0
 
 
+def pixel_shares(images: np.ndarray) -> dict:
+  """Which kind of grain: the share of pixels equal to a neighbor (`flat`: most of a pixel-art
+  sprite, whose fills are exact) and of pixels APART levels or more from every neighbor
+  (`apart`: specks, and single-pixel details such as a diagonal line's). None: no sprites."""
+  if len(images) == 0:
+    return {'flat': None, 'apart': None}
+  nearest, _ = pixel_steps(images)
+  return {'flat': float(np.mean(nearest == 0)), 'apart': float(np.mean(nearest >= APART))}
+
+
 def report(samples: np.ndarray, heldout: np.ndarray) -> dict:
-  """Grain of the samples and of real held-out sprites, and their ratio (1 = as flat as real)."""
+  """Grain of the samples and of real held-out sprites, and their ratio (1 = as flat as real),
+  with pixel_shares of both under `flat` and `apart`."""
   g_samples, g_real = grain(samples), grain(heldout)
   ratio = g_samples / g_real if g_samples is not None and g_real else None
-  return {'samples': g_samples, 'real_heldout': g_real, 'ratio': ratio}
+  mine, real = pixel_shares(samples), pixel_shares(heldout)
+  return {'samples': g_samples, 'real_heldout': g_real, 'ratio': ratio,
+          **{k: {'samples': mine[k], 'real_heldout': real[k]} for k in ('flat', 'apart')}}

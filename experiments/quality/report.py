@@ -1,5 +1,5 @@
 """The one-screen summary printed after every evaluation, and the caveats it ends with."""
-from experiments.quality import floor
+from experiments.quality import floor, grain
 
 
 def caveats(report: dict) -> list[str]:
@@ -24,6 +24,10 @@ def caveats(report: dict) -> list[str]:
 TRUSTED_ACCURACY = 0.7
 RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
 FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as flat as real"
+# Pixels apart from every neighbor (grain.APART) up to this multiple of real sprites' share: no
+# more specks than real. The cpu preset's emoji and OpenMoji stood at 0.99-1.11 times real,
+# DawnLike's (whose confetti the eye sees) at 1.49-1.69 (docs/yardstick.md, which steps make the grain).
+SPECKS = 1.25
 # A top-3 share up to this multiple of real sprites' counts as "colors as spread as real". Models
 # trained with l2 (the cpu preset's, Muon's) stood at 0.99-1.14 times real; l1 ones, whose sprites
 # the eye sees in a few browns (DawnLike) or paler, flatter shades (emoji), at 1.23-1.45 (README).
@@ -48,12 +52,29 @@ def _class_words(acc: dict, net_accuracy) -> str | None:
           f"held-out sprites {100 * acc['real_heldout']:.0f}%")
 
 
+def _shares(g: dict, key: str):
+  """(samples, real) of one of grain.pixel_shares, or None where either is missing or real's 0."""
+  pair = g.get(key) or {}
+  mine, real = pair.get('samples'), pair.get('real_heldout')
+  return (mine, real) if mine is not None and real else None
+
+
 def _grain_words(g: dict | None) -> str | None:
   if not g or g['ratio'] is None:
     return None
-  return (f"grain {g['samples']:.3f} vs {g['real_heldout']:.3f} for real sprites: "
-          + ('fills as flat as real ones' if g['ratio'] <= FLAT_GRAIN
-             else f"{g['ratio']:.1f}x as grainy (speckled, blotchy fills)"))
+  if g['ratio'] <= FLAT_GRAIN:
+    words = 'fills as smooth as real ones'
+    flat = _shares(g, 'flat')
+    if flat and flat[0] < 0.5 * flat[1]:  # a wobble of a few levels: unseen, but not pixel art's
+      words += (f', but not exactly flat ({100 * flat[0]:.0f}% of pixels equal a neighbor, real '
+                f'sprites {100 * flat[1]:.0f}%)')
+  else:
+    words = f"{g['ratio']:.1f}x as grainy (speckled, blotchy fills)"
+  apart = _shares(g, 'apart')
+  if apart and apart[0] > SPECKS * apart[1]:
+    words += (f', {100 * apart[0]:.0f}% of pixels apart from every neighbor (real sprites '
+              f'{100 * apart[1]:.0f}%)' + (': specks' if g['ratio'] <= FLAT_GRAIN else ''))
+  return f"grain {g['samples']:.3f} vs {g['real_heldout']:.3f} for real sprites: " + words
 
 
 # Shares of samples nearer the training set than 95% of held-out sprites are (5% = as new as
@@ -129,6 +150,11 @@ def summary(r: dict) -> str:
   if g and g['samples'] is not None and g['real_heldout'] is not None:
     lines.append(f"{'grain (noise / edges)':22}{g['samples']:10.4f}{'':8}{g['real_heldout']:12.4f}"
                  f"{'':8}{g['ratio'] or float('nan'):8.2f}  (real held-out sprites)")
+    for key, label in (('flat', '  equal to a neighbor'), ('apart', f'  apart from all, {grain.APART}+')):
+      pair = _shares(g, key)
+      if pair:
+        lines.append(f"{label:22}{_pct(pair[0]):>10}{'':8}{_pct(pair[1]):>12}{'':8}"
+                     f"{pair[0] / pair[1]:8.2f}  (pixels, real held-out sprites)")
   c = r.get('colors')
   if c and c['distance']['samples'] is not None:
     d, d_real = c['distance']['samples'], c['distance']['real_train']
