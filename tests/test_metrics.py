@@ -200,12 +200,15 @@ def test_pixel_shares_tell_a_speck_from_a_fill_that_is_not_quite_flat():
 def test_the_grain_words_name_a_fill_not_quite_flat_and_specks():
   def words(ratio, flat, apart):
     g = {'samples': 0.1 * ratio, 'real_heldout': 0.1, 'ratio': ratio,
-         'flat': {'samples': flat, 'real_heldout': 0.6}, 'apart': {'samples': apart, 'real_heldout': 0.2}}
+         'flat': {'samples': flat, 'real_heldout': 0.6},
+         'apart': {'samples': apart, 'real_heldout': 0.2}}
     return '; '.join(quality_report.verdict({**_verdict_base(), 'grain': g}))
   assert 'fills as smooth as real ones;' in words(1.0, 0.6, 0.2)
-  assert 'but not exactly flat (10% of pixels equal a neighbor, real sprites 60%)' in words(1.0, 0.1, 0.2)
+  assert ('but not exactly flat (10% of pixels equal a neighbor, real sprites 60%)'
+          in words(1.0, 0.1, 0.2))
   assert 'specks' not in words(1.0, 0.1, 0.2) and 'specks' not in words(1.5, 0.6, 0.2)
-  assert '40% of pixels apart from every neighbor (real sprites 20%): specks' in words(1.0, 0.6, 0.4)
+  assert ('40% of pixels apart from every neighbor (real sprites 20%): specks'
+          in words(1.0, 0.6, 0.4))
   assert '1.5x as grainy (speckled, blotchy fills), 40% of pixels apart' in words(1.5, 0.1, 0.4)
   assert 'apart' not in ' '.join(quality_report.verdict(
       {**_verdict_base(), 'grain': {'samples': 0.1, 'real_heldout': 0.1, 'ratio': 1.0}}))

@@ -23,10 +23,11 @@ def caveats(report: dict) -> list[str]:
 # whether a sample reads as the class it was asked for.
 TRUSTED_ACCURACY = 0.7
 RECALL_SLACK = 0.05  # recall this close to the floor counts as "as varied as real sprites"
-FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as flat as real"
+FLAT_GRAIN = 1.15  # grain up to this multiple of real sprites' counts as "fills as smooth as real"
 # Pixels apart from every neighbor (grain.APART) up to this multiple of real sprites' share: no
 # more specks than real. The cpu preset's emoji and OpenMoji stood at 0.99-1.11 times real,
-# DawnLike's (whose confetti the eye sees) at 1.49-1.69 (docs/yardstick.md, which steps make the grain).
+# DawnLike's (whose confetti the eye sees) at 1.49-1.69 (docs/yardstick.md: which steps make
+# the grain).
 SPECKS = 1.25
 # A top-3 share up to this multiple of real sprites' counts as "colors as spread as real". Models
 # trained with l2 (the cpu preset's, Muon's) stood at 0.99-1.14 times real; l1 ones, whose sprites
@@ -150,7 +151,8 @@ def summary(r: dict) -> str:
   if g and g['samples'] is not None and g['real_heldout'] is not None:
     lines.append(f"{'grain (noise / edges)':22}{g['samples']:10.4f}{'':8}{g['real_heldout']:12.4f}"
                  f"{'':8}{g['ratio'] or float('nan'):8.2f}  (real held-out sprites)")
-    for key, label in (('flat', '  equal to a neighbor'), ('apart', f'  apart from all, {grain.APART}+')):
+    for key, label in (('flat', '  equal to a neighbor'),
+                       ('apart', f'  apart from all, {grain.APART}+')):
       pair = _shares(g, key)
       if pair:
         lines.append(f"{label:22}{_pct(pair[0]):>10}{'':8}{_pct(pair[1]):>12}{'':8}"
