@@ -35,31 +35,33 @@ def pixel_steps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return nearest, farthest
 
 
+def _measures(images: np.ndarray) -> tuple[float | None, dict]:
+  """(grain, pixel_shares) from one pass of pixel_steps."""
+  if len(images) == 0:
+    return None, {'flat': None, 'apart': None}
+  nearest, farthest = pixel_steps(images)
+  total = float(farthest.sum())
+  shares = {'flat': float(np.mean(nearest == 0)), 'apart': float(np.mean(nearest >= APART))}
+  return (float(nearest.sum()) / total if total > 0 else 0.0), shares
+
+
 def grain(images: np.ndarray) -> float | None:
   """Sum of nearest-neighbor steps over the sum of farthest-neighbor steps (None: no sprites;
   0 for sprites of one flat color each)."""
-  if len(images) == 0:
-    return None
-  nearest, farthest = pixel_steps(images)
-  total = float(farthest.sum())
-  return float(nearest.sum()) / total if total > 0 else 0.0
+  return _measures(images)[0]
 
 
 def pixel_shares(images: np.ndarray) -> dict:
   """Which kind of grain: the share of pixels equal to a neighbor (`flat`: most of a pixel-art
   sprite, whose fills are exact) and of pixels APART levels or more from every neighbor
   (`apart`: specks, and single-pixel details such as a diagonal line's). None: no sprites."""
-  if len(images) == 0:
-    return {'flat': None, 'apart': None}
-  nearest, _ = pixel_steps(images)
-  return {'flat': float(np.mean(nearest == 0)), 'apart': float(np.mean(nearest >= APART))}
+  return _measures(images)[1]
 
 
 def report(samples: np.ndarray, heldout: np.ndarray) -> dict:
   """Grain of the samples and of real held-out sprites, and their ratio (1 = as flat as real),
   with pixel_shares of both under `flat` and `apart`."""
-  g_samples, g_real = grain(samples), grain(heldout)
+  (g_samples, mine), (g_real, real) = _measures(samples), _measures(heldout)
   ratio = g_samples / g_real if g_samples is not None and g_real else None
-  mine, real = pixel_shares(samples), pixel_shares(heldout)
   return {'samples': g_samples, 'real_heldout': g_real, 'ratio': ratio,
           **{k: {'samples': mine[k], 'real_heldout': real[k]} for k in ('flat', 'apart')}}

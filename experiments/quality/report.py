@@ -129,24 +129,9 @@ def _pct(x) -> str:
   return '   n/a' if x is None else f'{100 * x:5.1f}%'
 
 
-def summary(r: dict) -> str:
-  """The one-screen report printed after every evaluation."""
-  net, mem = r['feature_net'], r['memorization']
-  lines = [f"eval of {r['samples']['name']} (step {r['step']}): {r['samples']['count']} samples vs "
-           f"the {r['reference']['split']} split ({r['reference']['count']} sprites); sets of "
-           f"{r['set_size']}, {r['repeats']} repeat(s)",
-           f"feature net v{net['version']} ({net['task']}, {net['steps']} steps): held-out "
-           f"accuracy {_pct(net['test_accuracy'])}, train {_pct(net['train_accuracy'])}",
-           f"{'':22}{'samples':>18}{'floor (real/real)':>20}{'ratio':>8}"]
-  for name in ('fid', 'kid', 'precision', 'recall'):
-    m = r[name]
-    ratio = '' if m['ratio'] is None else f"{m['ratio']:8.2f}"
-    lines.append(f"{name.upper() if len(name) == 3 else name:22}"
-                 f"{m['samples']:10.4f} ± {m['samples_std']:<6.4f}"
-                 f"{m['floor']:12.4f} ± {m['floor_std']:<6.4f}{ratio}")
-  acc = r['conditional_accuracy']
-  lines.append(f"{'conditional accuracy':22}{_pct(acc['samples']):>10}{'':8}"
-               f"{_pct(acc['real_heldout']):>12}  (real held-out sprites)")
+def _pixel_lines(r: dict) -> list[str]:
+  """The summary's lines of what is measured in pixels: grain and its kind, then color use."""
+  lines = []
   g = r.get('grain')
   if g and g['samples'] is not None and g['real_heldout'] is not None:
     lines.append(f"{'grain (noise / edges)':22}{g['samples']:10.4f}{'':8}{g['real_heldout']:12.4f}"
@@ -166,6 +151,28 @@ def summary(r: dict) -> str:
               '  (training sprites, as many)',
               f"{'pixels in top %d colors' % c['top']:22}{_pct(t):>10}{'':8}{_pct(t_real):>12}"
               f"{'':8}{times(t, t_real)}  (real held-out sprites)"]
+  return lines
+
+
+def summary(r: dict) -> str:
+  """The one-screen report printed after every evaluation."""
+  net, mem = r['feature_net'], r['memorization']
+  lines = [f"eval of {r['samples']['name']} (step {r['step']}): {r['samples']['count']} samples vs "
+           f"the {r['reference']['split']} split ({r['reference']['count']} sprites); sets of "
+           f"{r['set_size']}, {r['repeats']} repeat(s)",
+           f"feature net v{net['version']} ({net['task']}, {net['steps']} steps): held-out "
+           f"accuracy {_pct(net['test_accuracy'])}, train {_pct(net['train_accuracy'])}",
+           f"{'':22}{'samples':>18}{'floor (real/real)':>20}{'ratio':>8}"]
+  for name in ('fid', 'kid', 'precision', 'recall'):
+    m = r[name]
+    ratio = '' if m['ratio'] is None else f"{m['ratio']:8.2f}"
+    lines.append(f"{name.upper() if len(name) == 3 else name:22}"
+                 f"{m['samples']:10.4f} ± {m['samples_std']:<6.4f}"
+                 f"{m['floor']:12.4f} ± {m['floor_std']:<6.4f}{ratio}")
+  acc = r['conditional_accuracy']
+  lines.append(f"{'conditional accuracy':22}{_pct(acc['samples']):>10}{'':8}"
+               f"{_pct(acc['real_heldout']):>12}  (real held-out sprites)")
+  lines += _pixel_lines(r)
   s, h = mem['samples'], mem['real_heldout']
   lines += [f"nearest training sprite (mirrors included){'samples':>14}{'held-out real':>16}",
             f"{'  exact copies':42}{_pct(s['exact_copy_rate']):>14}"
