@@ -150,10 +150,17 @@ def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr) -> np.ndarray:
 
 
 def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
-              logsnr_end: float = jnp.inf, logsnr_span: tuple[float, float] | None = None):
+              logsnr_end: float = jnp.inf, logsnr_span: tuple[float, float] | None = None,
+              logsnr_start: float = -jnp.inf):
   """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does).
 
-  A finite logsnr_end spreads the first steps - 1 intervals uniformly over t in [1, t_end], where
+  A finite logsnr_start moves t_0 to where logsnr(t_0) = logsnr_start: the sampler's pure noise
+  is taken as x there, as EDM starts at sigma_max = 80 (logSNR -8.8), so the first network call
+  is at a level training reached. Near t = 1 a min-SNR-weighted network is barely trained (its
+  weight on the x0 error is the SNR itself, e^-20 at logSNR -20), and the first step carries its
+  x0_hat there into x with weight alpha(t_1). The cost: x_1's own signal, alpha(t_0) x0, left out.
+
+  A finite logsnr_end spreads the first steps - 1 intervals uniformly over t in [t_0, t_end], where
   logsnr(t_end) = logsnr_end, and makes the last one jump from t_end to t = 0, so the result
   is x0_hat at logsnr_end: the same network calls, none spent on the nearly clean levels.
 
@@ -162,17 +169,19 @@ def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
   the clean end (two of 20 above logSNR 3.5). It needs logsnr(1) < lo < hi < logsnr(0), and
   steps >= 3 to use both ends; it replaces logsnr_end.
   """
+  # At or past the schedule's own ends (edm's are finite) there is nothing to cut.
+  t_start = float(time_at(logsnr_fn, logsnr_start)) \
+      if logsnr_start > float(logsnr_fn(jnp.ones(()))) else 1.0
   if logsnr_span is not None:
     if math.isfinite(logsnr_end):
       raise ValueError('time_grid: logsnr_end and logsnr_span both place the steps; give one.')
     inner = time_at(logsnr_fn, jnp.linspace(*logsnr_span, steps - 1))
-    ts = jnp.asarray([1.0, *inner, 0.0], jnp.float32)
+    ts = jnp.asarray([t_start, *inner, 0.0], jnp.float32)
     return ts, logsnr_fn(ts)
-  # At or past the schedule's own end (edm stops at a finite logSNR) there is nothing to cut.
   cut = logsnr_end < float(logsnr_fn(jnp.zeros(())))
   t_end = float(time_at(logsnr_fn, logsnr_end)) if cut else 0.0
-  ts = jnp.concatenate([jnp.linspace(1.0, t_end, steps), jnp.zeros(1)]) if t_end > 0 else \
-      jnp.linspace(1.0, 0.0, steps + 1)
+  ts = jnp.concatenate([jnp.linspace(t_start, t_end, steps), jnp.zeros(1)]) if t_end > 0 else \
+      jnp.linspace(t_start, 0.0, steps + 1)
   return ts, logsnr_fn(ts)
 
 

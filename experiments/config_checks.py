@@ -69,7 +69,7 @@ RANGES = {
     'sample.seed': _SEED, 'sample.batch_size': _COUNT, 'sample.gif_frames': _NATURAL,
     'sample.upscale': _COUNT, 'sample.sheet_colors': _NATURAL, 'sample.sheet_upscale': _COUNT,
     'sample.sheet_key': _within(0, 255), 'sample.palette': _NATURAL,
-    'sample.logsnr_end': _within(0, 40),
+    'sample.logsnr_end': _within(0, 40), 'sample.logsnr_start': _within(-40, 0),
     'sample.refine_draws': _within(0, 1024), 'sample.refine_logsnr': _within(-20, 20),
     'show.sprites': _COUNT, 'show.forward_frames': _COUNT, 'show.mix_rows': _COUNT,
     'show.mix_steps': _at_least(2),
@@ -121,14 +121,19 @@ def check_values(config) -> None:
 
 def check_noise_levels(config, logsnr_fn, span: tuple[float, float] | None) -> None:
   """Raise ValueError naming the sample.* key that puts a noise level outside the configured
-  schedule (logsnr_fn): the logSNR grid (`span`, sample.logsnr_grid parsed; None when unset)
-  and the refining pass's level."""
+  schedule (logsnr_fn): the sampler's first level, the logSNR grid (`span`, sample.logsnr_grid
+  parsed; None when unset) and the refining pass's level."""
   first, last = float(logsnr_fn(jnp.float32(1.0))), float(logsnr_fn(jnp.float32(0.0)))
   sample, schedule = config.sample, config.diffusion.schedule
   runs = f'the {schedule} schedule runs from logSNR {first:g} (t = 1) to {last:g} (t = 0)'
   if sample.refine_draws and not first < sample.refine_logsnr < last:
     raise ValueError(f'sample.refine_logsnr={sample.refine_logsnr:g}: {runs}; the refining pass '
                      'must noise to a level strictly inside (a nearly clean one, such as 4).')
+  start = sample.logsnr_start  # below 0 (check_values), so below any sample.logsnr_end
+  if start and not first < start < (span[0] if span else last):
+    raise ValueError(f'sample.logsnr_start={start:g}: {runs}; the first step must start strictly '
+                     'inside, and below sample.logsnr_grid\'s lo where that is set (EDM starts '
+                     'at -8.8; 0 starts at t = 1).')
   if span is None:
     return
   grid = f'sample.logsnr_grid={sample.logsnr_grid!r}'

@@ -248,7 +248,8 @@ def sampling(config, guidance: float | None = None) -> drawing.Sampling:
       guidance_logsnr=drawing.guidance_interval(sample.guidance_logsnr), threshold=sample.clip_x0,
       percentile=sample.dynamic_percentile, image_size=config.data.image_size,
       self_cond=config.model.self_cond, autoguidance=sample.autoguidance,
-      refine_draws=sample.refine_draws, refine_logsnr=sample.refine_logsnr)
+      refine_draws=sample.refine_draws, refine_logsnr=sample.refine_logsnr,
+      logsnr_start=sample.logsnr_start or -math.inf)
 
 
 # Models whose configs differ only in these keys (and in sample.* / eval.*) train as one vmapped

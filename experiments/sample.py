@@ -35,7 +35,7 @@ def output_name(config, step: int, guide_step: int | None = None,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
                              sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
                              sample_cfg.autoguidance, guide, sample_cfg.refine_draws,
-                             sample_cfg.refine_logsnr, refiner_steps)
+                             sample_cfg.refine_logsnr, refiner_steps, sample_cfg.logsnr_start)
   if sample_cfg.sampler == 'ddim' and sample_cfg.eta:
     name += f'_eta{sample_cfg.eta:g}'
   if sample_cfg.clip_x0 != 'clip':

@@ -68,6 +68,7 @@ def _settings(config) -> str:
   interval = sample_cfg.guidance_logsnr.strip()
   grid = sample_cfg.logsnr_grid.strip()
   return f'{sample_cfg.sampler}, {sample_cfg.steps} steps' + (
+      f' from logSNR {sample_cfg.logsnr_start:g}' if sample_cfg.logsnr_start else '') + (
       f' uniform in logSNR {grid}' if grid else '') + (
       f', the last from logSNR {sample_cfg.logsnr_end:g}' if sample_cfg.logsnr_end else '') + (
       f', guided at logSNR {interval}' if interval else '')

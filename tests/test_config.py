@@ -167,6 +167,8 @@ def test_guidance_interval_spec_is_parsed_or_refused_by_name():
   assert drawing.output_name(7, 'ddim', 9, 0.0, 2, '', use_ema=False) == 'step000007_ddim9_p2_raw'
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_end=4.0) == 'step000007_ddim9e4'
   assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_grid='-8,8') == 'step000007_ddim9u-8to8'
+  assert drawing.output_name(7, 'ddim', 9, 0.0, logsnr_end=4.0, logsnr_start=-8.0) == \
+      'step000007_ddim9from-8e4'
   assert (drawing.output_name(7, 'dpmpp_2m', 25, 1.0, 32, '-2,3', autoguidance=0.5, guide_step=400)
           == 'step000007_dpmpp_2m25_g1i-2to3_ag0.5s400_p32')
 
@@ -179,7 +181,7 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   names = {preset}
   for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1),
                      ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0),
-                     ('refiner', False)]:
+                     ('refiner', False), ('logsnr_start', -8.0)]:
     changed = config.copy_and_resolve_references()
     changed.sample[key] = value
     if key == 'eta':
@@ -188,7 +190,7 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
     names.add(sample.output_name(changed, 8400))
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
-  assert len(names) == 11, names
+  assert len(names) == 12, names
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
@@ -209,6 +211,21 @@ def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
   config.sample.update(steps=20, logsnr_end=4.0)
   with pytest.raises(ValueError, match='set one of them'):
     from_config.validate(config)
+
+
+def test_logsnr_start_is_checked_against_the_schedule_and_the_grid():
+  config = sprites.get_config('cpu')  # cosine: logSNR -20 at t = 1
+  config.sample.update(logsnr_start=-8.0, logsnr_end=4.0)
+  from_config.validate(config)
+  assert from_config.sampling(config).logsnr_start == -8.0
+  assert from_config.sampling(sprites.get_config('cpu')).logsnr_start == -float('inf')
+  for bad, match in ((dict(logsnr_start=-30.0), 'strictly inside'),
+                     (dict(logsnr_start=-8.0, logsnr_grid='-10,8'), 'strictly inside'),
+                     (dict(logsnr_start=0.5), 'must be')):
+    config = sprites.get_config('cpu')
+    config.sample.update(bad)
+    with pytest.raises(ValueError, match='sample.logsnr_start.*' + match):
+      from_config.validate(config)
 
 
 def test_the_refining_level_is_checked_against_the_schedule():

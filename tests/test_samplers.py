@@ -178,6 +178,29 @@ def test_logsnr_grid_spaces_the_inner_steps_evenly_in_logsnr():
     np.testing.assert_allclose(np.asarray(x), np.broadcast_to(target, x.shape), atol=1e-5)
 
 
+def test_grid_with_logsnr_start_begins_at_that_level_and_spreads_evenly_from_there():
+  """The first network call at logsnr_start instead of t = 1, the rest as before from there (with
+  logsnr_end and logsnr_span too); at or below the schedule's own start it changes nothing."""
+  logsnr_fn = schedules.cosine()  # logSNR -20 at t = 1
+  ts, logsnrs = (np.asarray(a) for a in samplers.time_grid(logsnr_fn, 12, logsnr_start=-8.0))
+  assert ts.shape == (13,) and ts[-1] == 0.0 and np.all(np.diff(ts) < 0)
+  np.testing.assert_allclose(logsnrs[0], -8.0, atol=1e-3)
+  np.testing.assert_allclose(np.diff(ts), np.diff(ts)[0], rtol=1e-4)
+  full = np.asarray(samplers.time_grid(logsnr_fn, 12)[0])
+  for same in (-np.inf, -20.0, -25.0):
+    np.testing.assert_array_equal(np.asarray(samplers.time_grid(logsnr_fn, 12, logsnr_start=same)[0]), full)
+  ends = np.asarray(samplers.time_grid(logsnr_fn, 12, logsnr_end=4.0, logsnr_start=-8.0)[1])
+  np.testing.assert_allclose(ends[[0, -2]], [-8.0, 4.0], atol=1e-3)
+  span = np.asarray(samplers.time_grid(logsnr_fn, 9, logsnr_span=(-6.0, 6.0), logsnr_start=-8.0)[1])
+  np.testing.assert_allclose(span[:-1], np.concatenate([[-8.0], np.linspace(-6, 6, 8)]), atol=1e-3)
+  target = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (1, 4, 4, 3)), jnp.float32)
+  grid = samplers.time_grid(logsnr_fn, 12, logsnr_start=-8.0)
+  for sampler in ALL:  # an exact x0_hat still lands on x0 from a start with signal left out
+    x = jax.jit(lambda keys, s=sampler: samplers.sample(
+        denoise=oracle(target), grid=grid, keys=keys, shape=(4, 4, 3), sampler=s))(_keys(2))
+    np.testing.assert_allclose(np.asarray(x), np.broadcast_to(target, x.shape), atol=1e-5)
+
+
 @pytest.mark.parametrize('sampler', ['ddpm', 'heun', 'dpmpp_2m'])  # noise, a corrector, a history
 def test_self_conditioning_hands_each_step_the_previous_estimate(sampler):
   """A denoiser that answers x0_prev + 1 counts its calls when fed its own last answer."""

@@ -38,6 +38,7 @@ class Sampling:
   autoguidance: float = 0.0  # > 0: params are (weights, guide weights), see with_guide
   refine_draws: int = 0  # > 0: the result averaged over this many re-noisings (samplers.refine)
   refine_logsnr: float = 4.0  # ... at this noise level, by params' refiner if refiner.Refined
+  logsnr_start: float = -float('inf')  # where the first step starts from pure noise; -inf: t = 1
 
 
 class Guided(NamedTuple):
@@ -115,7 +116,7 @@ def make_sample_fn(model, sampling: Sampling, mesh, frames: int):
   params a Guided pair when sampling.autoguidance > 0 (with_guide makes it), either of them in
   a refiner.Refined pair when a refiner does the refining pass (refiner.attach)."""
   s = sampling  # pylint: disable=invalid-name
-  grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid)
+  grid = samplers.time_grid(s.logsnr_fn, s.steps, s.logsnr_end, s.logsnr_grid, s.logsnr_start)
   t_refine = float(samplers.time_at(s.logsnr_fn, s.refine_logsnr)) if s.refine_draws else 0.0
 
   def fn(params, keys, context):
@@ -279,9 +280,11 @@ def logsnr_span(spec: str) -> tuple[float, float] | None:
 def output_name(step: int, sampler: str, steps: int, guidance: float, palette: int = 0,
                 guidance_logsnr: str = '', use_ema: bool = True, logsnr_end: float = 0.0,
                 logsnr_grid: str = '', autoguidance: float = 0.0, guide_step: int = 0,
-                refine_draws: int = 0, refine_logsnr: float = 4.0, refiner_steps: int = 0) -> str:
-  """'step003500_ddpm200[e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8[ft500]][_p32][_raw]': what
-  drew a set of sprites, for its file names (e4: the last step from logSNR 4; u-8to8: steps
+                refine_draws: int = 0, refine_logsnr: float = 4.0, refiner_steps: int = 0,
+                logsnr_start: float = 0.0) -> str:
+  """'step003500_ddpm200[from-8][e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8[ft500]][_p32][_raw]':
+  what drew a set of sprites, for its file names (from-8: the first step from logSNR -8; e4: the
+  last step from logSNR 4; u-8to8: steps
   uniform in logSNR over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; r4x8: the
   result averaged over 8 re-noisings at logSNR 4; ft500: by a refiner fine-tuned 500 steps;
   _raw: the trained weights, not their EMA)."""
@@ -294,7 +297,8 @@ def output_name(step: int, sampler: str, steps: int, guidance: float, palette: i
   suffix += f'ft{refiner_steps}' if refine_draws and refiner_steps else ''
   suffix += f'_p{palette}' if palette else ''
   suffix += '' if use_ema else '_raw'
+  start = f'from{logsnr_start:g}' if logsnr_start else ''
   end = f'e{logsnr_end:g}' if logsnr_end else ''
   span = logsnr_span(logsnr_grid)
   grid = 'u{:g}to{:g}'.format(*span) if span else ''
-  return f'step{step:06d}_{sampler}{steps}{end}{grid}{suffix}'
+  return f'step{step:06d}_{sampler}{steps}{start}{end}{grid}{suffix}'
