@@ -1,7 +1,8 @@
 """Samplers: one step function each, one shared loop that runs inside a single jit.
 
-Every step moves x from time t to an earlier time s on a grid from t = 1 to t = 0, using
-only a denoiser (x_t, t, logsnr) -> (x0_hat, eps_hat). The schedule enters only as that
+Every step moves x from time t to an earlier time s on a grid from t = 1 (or a later start:
+time_grid's logsnr_start) to t = 0, using only a denoiser (x_t, t, logsnr) -> (x0_hat, eps_hat).
+The schedule enters only as that
 grid of (t, logSNR(t)) values (EDM's "discretization" switch), so the step count is
 independent of the training T, every sampler works with every schedule and prediction
 target, and one compiled sampler serves any schedule of the same length. All formulas use (alpha, sigma) of the variance-preserving
@@ -234,7 +235,7 @@ class Movie(NamedTuple):
   """The denoising movie: what the sampler saw at `frames` evenly spread steps."""
   x_t: jax.Array   # [frames, B, *shape] the state entering each recorded step
   x0: jax.Array    # [frames, B, *shape] the predicted x0 at that step
-  step: jax.Array  # [frames] the recorded step indices (0 = the first step, from t = 1)
+  step: jax.Array  # [frames] the recorded step indices (0 = the first step, from the grid's start)
   t: jax.Array     # [frames] the time each recorded step started from
 
 
@@ -250,7 +251,8 @@ def sample(*, denoise: Denoiser, grid: tuple[jax.Array, jax.Array], keys: jax.Ar
            self_cond: bool = False):
   """Draw one sprite per key: x_1 ~ N(0, I), then a `sampler` step per interval of `grid`.
 
-  grid: (ts, logsnrs), each [steps + 1], from t = 1 down to t = 0 (see `time_grid`).
+  grid: (ts, logsnrs), each [steps + 1], from t = 1 (or a later start) down to t = 0 (see
+  `time_grid`); x_1 is taken as x at the grid's start.
   Returns x0 [B, *shape], or with frames > 0 (x0, Movie) with min(frames, steps) evenly spread
   steps recorded. self_cond: every step's denoiser also gets the previous step's x0_hat (zeros at
   the first), for self-conditioned networks. Call it inside jit.
