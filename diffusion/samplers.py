@@ -2,11 +2,11 @@
 
 Every step moves x from time t to an earlier time s on a grid from t = 1 (or a later start:
 time_grid's logsnr_start) to t = 0, using only a denoiser (x_t, t, logsnr) -> (x0_hat, eps_hat).
-The schedule enters only as that
-grid of (t, logSNR(t)) values (EDM's "discretization" switch), so the step count is
-independent of the training T, every sampler works with every schedule and prediction
-target, and one compiled sampler serves any schedule of the same length. All formulas use (alpha, sigma) of the variance-preserving
-process, so they stay finite at zero terminal SNR (alpha = 0 at t = 1).
+The schedule enters only as that grid of (t, logSNR(t)) values (EDM's "discretization" switch),
+so the step count is independent of the training T, every sampler works with every schedule and
+prediction target, and one compiled sampler serves any schedule of the same length. All
+formulas use (alpha, sigma) of the variance-preserving process, so they stay finite at zero
+terminal SNR (alpha = 0 at t = 1).
 
 Randomness: sprite i's starting noise and its noise at step k derive from keys[i] alone
 (fold_in(keys[i], k)), so a sprite is the same at any batch size or device count.
@@ -153,7 +153,8 @@ def time_at(logsnr_fn: Callable[[jax.Array], jax.Array], logsnr) -> np.ndarray:
 def time_grid(logsnr_fn: Callable[[jax.Array], jax.Array], steps: int,
               logsnr_end: float = jnp.inf, logsnr_span: tuple[float, float] | None = None,
               logsnr_start: float = -jnp.inf):
-  """(t, logsnr(t)) at t_0 = 1 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm does).
+  """(t, logsnr(t)) at t_0 > ... > t_steps = 0, uniform in t (a schedule may warp it, as edm
+  does); t_0 = 1 unless logsnr_start moves it.
 
   A finite logsnr_start moves t_0 to where logsnr(t_0) = logsnr_start: the sampler's pure noise
   is taken as x there, as EDM starts at sigma_max = 80 (logSNR -8.8), so the first network call

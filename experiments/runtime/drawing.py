@@ -284,10 +284,9 @@ def output_name(step: int, sampler: str, steps: int, guidance: float, palette: i
                 logsnr_start: float = 0.0) -> str:
   """'step003500_ddpm200[from-8][e4][u-8to8]_g3[i-3to3][_ag0.5s400][_r4x8[ft500]][_p32][_raw]':
   what drew a set of sprites, for its file names (from-8: the first step from logSNR -8; e4: the
-  last step from logSNR 4; u-8to8: steps
-  uniform in logSNR over -8..8; ag0.5s400: autoguidance 0.5 from step 400's weights; r4x8: the
-  result averaged over 8 re-noisings at logSNR 4; ft500: by a refiner fine-tuned 500 steps;
-  _raw: the trained weights, not their EMA)."""
+  last step from logSNR 4; u-8to8: steps uniform in logSNR over -8..8; ag0.5s400: autoguidance
+  0.5 from step 400's weights; r4x8: the result averaged over 8 re-noisings at logSNR 4; ft500:
+  by a refiner fine-tuned 500 steps; _raw: the trained weights, not their EMA)."""
   interval = ''
   if guidance and guidance_logsnr.strip():
     interval = 'i{:g}to{:g}'.format(*guidance_interval(guidance_logsnr))
@@ -297,8 +296,8 @@ def output_name(step: int, sampler: str, steps: int, guidance: float, palette: i
   suffix += f'ft{refiner_steps}' if refine_draws and refiner_steps else ''
   suffix += f'_p{palette}' if palette else ''
   suffix += '' if use_ema else '_raw'
-  start = f'from{logsnr_start:g}' if logsnr_start else ''
-  end = f'e{logsnr_end:g}' if logsnr_end else ''
+  ends = f'from{logsnr_start:g}' if logsnr_start else ''
+  ends += f'e{logsnr_end:g}' if logsnr_end else ''
   span = logsnr_span(logsnr_grid)
   grid = 'u{:g}to{:g}'.format(*span) if span else ''
-  return f'step{step:06d}_{sampler}{steps}{start}{end}{grid}{suffix}'
+  return f'step{step:06d}_{sampler}{steps}{ends}{grid}{suffix}'
