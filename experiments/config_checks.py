@@ -129,11 +129,13 @@ def check_noise_levels(config, logsnr_fn, span: tuple[float, float] | None) -> N
   if sample.refine_draws and not first < sample.refine_logsnr < last:
     raise ValueError(f'sample.refine_logsnr={sample.refine_logsnr:g}: {runs}; the refining pass '
                      'must noise to a level strictly inside (a nearly clean one, such as 4).')
-  start = sample.logsnr_start  # below 0 (check_values), so below any sample.logsnr_end
-  if start and not first < start < (span[0] if span else last):
-    raise ValueError(f'sample.logsnr_start={start:g}: {runs}; the first step must start strictly '
-                     'inside, and below sample.logsnr_grid\'s lo where that is set (EDM starts '
-                     'at -8.8; 0 starts at t = 1).')
+  # Below 0 (check_values), so below any sample.logsnr_end. At or below the schedule's own first
+  # level (the linear schedule's, say) there is nothing to skip: the sampler starts at t = 1.
+  start = sample.logsnr_start
+  if start and not start < (span[0] if span else last):
+    raise ValueError(f'sample.logsnr_start={start:g}: {runs}; the first step must start below '
+                     'sample.logsnr_grid\'s lo where that is set (EDM starts at -8.8; 0 starts '
+                     'at t = 1).')
   if span is None:
     return
   grid = f'sample.logsnr_grid={sample.logsnr_grid!r}'

@@ -177,11 +177,11 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   """Two draws of one model never share a file (a sweep reads its numbers back by this name)."""
   config = sprites.get_config('cpu')
   preset = sample.output_name(config, 8400)
-  assert preset == 'step008400_dpmpp_2m25_g1i-2to3_ag0.5s400_r4x8ft250'  # the README's
+  assert preset == 'step008400_dpmpp_2m25from-6_g1i-2to3_ag0.5s400_r4x8ft250'  # the README's
   names = {preset}
   for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1),
                      ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0),
-                     ('refiner', False), ('logsnr_start', -8.0)]:
+                     ('refiner', False), ('logsnr_start', -8.0), ('logsnr_start', 0.0)]:
     changed = config.copy_and_resolve_references()
     changed.sample[key] = value
     if key == 'eta':
@@ -190,12 +190,12 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
     names.add(sample.output_name(changed, 8400))
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
-  assert len(names) == 12, names
+  assert len(names) == 13, names
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
   config = sprites.get_config('cpu')  # cosine: logSNR -20 at t = 1
-  config.sample.logsnr_grid = '-8,8'
+  config.sample.update(logsnr_grid='-8,8', logsnr_start=0.0)  # the preset's -6 lies inside -8,8
   from_config.validate(config)
   assert from_config.sampling(config).logsnr_grid == (-8.0, 8.0)
   for bad, match in (('8,-8', 'lo < hi'), ('-30,8', 'strictly inside'), ('x', 'lo,hi')):
@@ -218,9 +218,15 @@ def test_logsnr_start_is_checked_against_the_schedule_and_the_grid():
   config.sample.update(logsnr_start=-8.0, logsnr_end=4.0)
   from_config.validate(config)
   assert from_config.sampling(config).logsnr_start == -8.0
-  assert from_config.sampling(sprites.get_config('cpu')).logsnr_start == -float('inf')
-  for bad, match in ((dict(logsnr_start=-30.0), 'strictly inside'),
-                     (dict(logsnr_start=-8.0, logsnr_grid='-10,8'), 'strictly inside'),
+  assert from_config.sampling(sprites.get_config('cpu')).logsnr_start == -6.0  # the preset's
+  assert from_config.sampling(sprites.get_config('smoke')).logsnr_start == -float('inf')
+  config.sample.logsnr_start = -30.0  # noisier than t = 1: the sampler starts at t = 1
+  from_config.validate(config)
+  config.sample.logsnr_start = -6.0  # the preset's, on the linear schedule: -5.05 at t = 1
+  config.diffusion.update(schedule='linear', timesteps=500)
+  from_config.validate(config)
+  for bad, match in ((dict(logsnr_start=-8.0, logsnr_grid='-10,8'), 'below'),
+                     (dict(logsnr_start=-6.0, logsnr_grid='-6,8'), 'below'),
                      (dict(logsnr_start=0.5), 'must be')):
     config = sprites.get_config('cpu')
     config.sample.update(bad)
