@@ -107,8 +107,8 @@ def _sample() -> ml_collections.ConfigDict:
   s.logsnr_grid = ''     # 'lo,hi': the steps' inner points uniform in logSNR from lo to hi (close
                          # to DPM-Solver's 'logSNR' spacing), e.g. '-8,8'; '' = uniform in t
   s.logsnr_start = 0.0   # < 0: the pure noise taken as x at this logSNR, the steps spread from there
-                         # (at or below the schedule's own t = 1 level: from t = 1); 0 = t = 1
-                         # (EDM's sigma_max: 80 is -8.8); 0 = from t = 1, the schedule's own start
+                         # (EDM's sigma_max: 80 is -8.8); 0, or a level at or below the schedule's
+                         # own at t = 1: from t = 1
   s.guidance = 0.0       # classifier-free guidance w: (1 + w) cond - w uncond; 0 = off
   s.guidance_logsnr = ''  # 'lo,hi': guide only where lo <= logSNR <= hi, e.g. '-2,3'; '' = all
   s.autoguidance = 0.0   # a: (1 + a) D - a D_guide, D_guide the same run's weights at guide_step; 0 = off
