@@ -54,6 +54,7 @@ def _diffusion() -> ml_collections.ConfigDict:
   s.sigma_data = 0.5      # edm preconditioning and weighting
   s.loss_weighting = 'simple'  # see diffusion.losses.WEIGHTINGS
   s.loss_norm = 'l2'      # l2: squared error (the posterior mean) | l1: absolute error (its median)
+                          # | l1_tv: l1 plus the error's total variation (the refiner's)
   s.min_snr_gamma = 5.0   # min_snr weighting
   s.sigmoid_bias = 2.0    # sigmoid weighting (Kingma & Gao 2023)
   s.cond_drop_rate = 0.1  # share of examples trained with the null context
@@ -121,7 +122,7 @@ def _sample() -> ml_collections.ConfigDict:
   s.clip_x0 = 'clip'     # none | clip | dynamic: how the predicted x0 is kept in [-1, 1]
   s.dynamic_percentile = 0.995
   s.per_class = 8        # sprites per class in the grid (one row per class)
-  s.mix = ''             # extra context mixes, e.g. 'food:0.6,symbols:0.4;0:0.5,1:0.5'
+  s.mix = ''             # extra context mixes, e.g. 'food_drink:0.6,objects:0.4;0:0.5,1:0.5' (emoji)
   s.palette = 0          # > 0: snap every drawn pixel to the training set's colors (k-means to this
                          # many if it has more); eval then scores the snapped sprites. 0 = off
   s.use_ema = True

@@ -86,7 +86,7 @@ def _cpu(c):
   # network and its x0_hat of pure noise is 0.8 off the class mean. On the same seven models and
   # noise (docs/ablations.md): FID ratio lower on DawnLike (1.11, 0.84, 1.11 against 1.18, 0.92,
   # 1.21) and OpenMoji (1.37, 1.01 against 1.42, 1.09), as close on emoji (1.27, 1.36 against
-  # 1.28, 1.33), recall within 0.03, each set's share of inked pixels nearer real; grain 2-4%
+  # 1.28, 1.33), recall within 0.03, the sprites darker than real from t = 1, less so; grain 2-4%
   # higher on the two emoji sets. Later starts gain more on the others and lose on emoji.
   c.sample.logsnr_start = -6.0
   # The refining pass by a refiner (runtime/refiner.py): after the last step, a copy of the
