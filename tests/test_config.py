@@ -177,11 +177,11 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   """Two draws of one model never share a file (a sweep reads its numbers back by this name)."""
   config = sprites.get_config('cpu')
   preset = sample.output_name(config, 8400)
-  assert preset == 'step008400_dpmpp_2m25from-6_g1i-2to3_ag0.5s400_r4x8ft250'  # the README's
+  assert preset == 'step008400_dpmpp_2m25from-8_g2i-2to3_ag0.5s400_r4x8ft250'  # the README's
   names = {preset}
   for key, value in [('eta', 0.5), ('clip_x0', 'none'), ('clip_x0', 'dynamic'), ('seed', 1),
                      ('refine_draws', 16), ('refine_draws', 0), ('refine_logsnr', 5.0),
-                     ('refiner', False), ('logsnr_start', -8.0), ('logsnr_start', 0.0)]:
+                     ('refiner', False), ('logsnr_start', -6.0), ('logsnr_start', 0.0)]:
     changed = config.copy_and_resolve_references()
     changed.sample[key] = value
     if key == 'eta':
@@ -195,7 +195,7 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():
   config = sprites.get_config('cpu')  # cosine: logSNR -20 at t = 1
-  config.sample.update(logsnr_grid='-8,8', logsnr_start=0.0)  # the preset's -6 lies inside -8,8
+  config.sample.update(logsnr_grid='-8,8', logsnr_start=0.0)  # the preset's -8 is not below -8
   from_config.validate(config)
   assert from_config.sampling(config).logsnr_grid == (-8.0, 8.0)
   for bad, match in (('8,-8', 'lo < hi'), ('-30,8', 'strictly inside'), ('x', 'lo,hi')):
@@ -218,11 +218,11 @@ def test_logsnr_start_is_checked_against_the_schedule_and_the_grid():
   config.sample.update(logsnr_start=-8.0, logsnr_end=4.0)
   from_config.validate(config)
   assert from_config.sampling(config).logsnr_start == -8.0
-  assert from_config.sampling(sprites.get_config('cpu')).logsnr_start == -6.0  # the preset's
+  assert from_config.sampling(sprites.get_config('cpu')).logsnr_start == -8.0  # the preset's
   assert from_config.sampling(sprites.get_config('smoke')).logsnr_start == -float('inf')
   config.sample.logsnr_start = -30.0  # noisier than t = 1: the sampler starts at t = 1
   from_config.validate(config)
-  config.sample.logsnr_start = -6.0  # the preset's, on the linear schedule: -5.05 at t = 1
+  config.sample.logsnr_start = -6.0  # on the linear schedule: -5.05 at t = 1
   config.diffusion.update(schedule='linear', timesteps=500)
   from_config.validate(config)
   for bad, match in ((dict(logsnr_start=-8.0, logsnr_grid='-10,8'), 'below'),

@@ -11,7 +11,7 @@ preset was when the sweep ran, pinned so the README's numbers stay reproducible:
 every noise level (it now guides at logSNR -2..3 only), the plain v-MSE loss (`simple`; it now uses
 min-SNR), batch 64 (now 32), widths 24/48/120 (now 16/32/80) and no refining pass (now 8 draws at
 logSNR 4, by a refiner fine-tuned 250 steps), the sampler's first step from t = 1 (now from
-logSNR -6). Every run draws with DPM-Solver++(2M), 25 steps. Estimated at 2.5 minutes per run on 2
+logSNR -8). Every run draws with DPM-Solver++(2M), 25 steps. Estimated at 2.5 minutes per run on 2
 idle cores (300 steps at ~190 sprites/s, ~45 s of compilation, ~20 s of sampling and evaluation);
 the runs that had the machine alone took 2.8 in the first run and 2.0 in a rerun on an idle machine
 (48 minutes for the 24). The shifted and interpolated cosines use Hoogeboom et al.'s shift for
