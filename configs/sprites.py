@@ -80,13 +80,10 @@ def _cpu(c):
   # 0.122 against 0.129 and 0.133; DawnLike 0.140-0.146 against 0.155-0.161), recall within 0.01
   # or higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
   # DawnLike seeds (1.42, 1.24, 1.44 against 1.59, 1.21, 1.62); 7 s more for 320 sprites.
-  # Since then: the first step from logSNR -8, not t = 1 (logSNR -20), where min-SNR never
-  # trained the network and its x0_hat of pure noise is 0.8 off the class mean, and from there
-  # classifier-free guidance 2, not 1. On the same seven models and noise (docs/ablations.md),
-  # against t = 1 with guidance 1: FID ratio lower on all three sets (emoji 1.17, 1.29 against
-  # 1.28, 1.33; DawnLike 1.06, 0.79, 1.02 against 1.18, 0.92, 1.21; OpenMoji 1.25, 1.03 against
-  # 1.42, 1.09), recall within 0.04, grain -0.5% to +5%. The start alone, with guidance 1, drew
-  # emoji further from real (1.42, 1.43).
+  # Since then: the first step from logSNR -8, not t = 1 (min-SNR never trains the network at
+  # -20), with classifier-free guidance 2, not 1: on the seven Results models FID lower on all
+  # (emoji 1.17, 1.29 against 1.28, 1.33; DawnLike 1.06, 0.79, 1.02 against 1.18, 0.92, 1.21),
+  # recall within 0.04, grain -0.5% to +5% (docs/ablations.md, "The sampler's first step").
   c.sample.update(sampler='dpmpp_2m', steps=25, logsnr_start=-8.0, guidance=2.0,
                   guidance_logsnr='-2,3', autoguidance=0.5, guide_step=400, per_class=12,
                   refine_draws=8, refine_logsnr=4.0)
