@@ -1,7 +1,7 @@
 """Sprite diffusion presets. Pick one after the colon:
 
   python launch.py --config=configs/sprites.py:smoke   # < 1 min on a 2-core CPU: tests use it
-  python launch.py --config=configs/sprites.py:cpu     # the README's main job: <= 15 min on 2 CPU cores
+  python launch.py --config=configs/sprites.py:cpu     # the README's main job: ~15 min, 2 CPU cores
   python launch.py --config=configs/sprites.py:course  # the course's recipe, exactly
   python launch.py --config=configs/sprites.py         # the main job: `cpu` on a CPU, else `accelerator`
   python launch.py --config=configs/sprites.py:accelerator  # the best recipe for one GPU or TPU
