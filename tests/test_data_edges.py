@@ -1,4 +1,5 @@
-"""Data edge cases: a single group of variants, no test split, 16-bit PNGs."""
+"""Data edge cases: a single group of variants, no test split, 16-bit PNGs, a first build's log."""
+import logging
 import tempfile
 
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import tiny_config
 from experiments import evaluate
 from experiments.data import dataset
 from experiments.data.sources import catalog, folder
+from experiments.runtime import logs
 
 
 def _sprite(value: int) -> np.ndarray:
@@ -70,3 +72,38 @@ def test_making_a_builder_leaves_no_temporary_folder(tmp_path, monkeypatch):
   monkeypatch.setattr(tempfile, 'tempdir', str(temp))
   b = dataset.builder(tiny_config(str(tmp_path / 'data')).data)
   assert not b.is_prepared() and not list(temp.iterdir())
+
+
+def test_a_first_builds_routine_tfds_warning_stays_out_of_the_log(tmp_path):
+  """TFDS warns that the folder it is about to build has no dataset_info.json: routine on a fresh
+  machine, so the launcher's filter drops it, and lets the library's other warnings through."""
+  root = tmp_path / 'sprites'
+  root.mkdir()
+  for value in (40, 200):
+    Image.fromarray(_sprite(value)).save(root / f'sprite{value}.png')
+  config = tiny_config(str(tmp_path / 'tfds'), **{'data.source': 'folder',
+                                                  'data.manual_dir': str(root)})
+
+  class Keep(logging.Handler):
+    def __init__(self):
+      super().__init__()
+      self.messages = []
+
+    def emit(self, record):
+      self.messages.append(record.getMessage())
+
+  everything, kept = Keep(), Keep()
+  kept.addFilter(logs._QuietLibraries())
+  absl_logger = logging.getLogger('absl')
+  for handler in (everything, kept):
+    absl_logger.addHandler(handler)
+  try:
+    dataset.load(config.data, 'train')
+  finally:
+    for handler in (everything, kept):
+      absl_logger.removeHandler(handler)
+  assert any(m.startswith('Variant folder') for m in everything.messages)
+  assert not any(m.startswith('Variant folder') for m in kept.messages)
+  tfds_file = '/site-packages/tensorflow_datasets/core/dataset_builder.py'
+  real = logging.LogRecord('absl', logging.WARNING, tfds_file, 1, 'Dataset corrupted', (), None)
+  assert kept.filter(real)

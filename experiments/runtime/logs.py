@@ -89,8 +89,10 @@ class Progress:
 class _QuietLibraries(logging.logging.Filter):
   """Orbax, TFDS and JAX log every save, read and cache write through absl; keep real warnings."""
   NOISY = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/')
+  # 'Type handler ...': runtime/checkpoints.py replaces orbax's on CPU. 'Variant folder ...': TFDS
+  # looking into a dataset folder that data/dataset.py is about to build (a first run's).
   EXPECTED = ('Using custom data configuration', 'Not writing persistent cache entry',
-              'Type handler registry type')  # runtime/checkpoints.py replaces orbax's on CPU
+              'Type handler registry type', 'Variant folder ')
 
   def filter(self, record):
     if not any(part in record.pathname for part in self.NOISY):
