@@ -74,9 +74,10 @@ def test_making_a_builder_leaves_no_temporary_folder(tmp_path, monkeypatch):
   assert not b.is_prepared() and not list(temp.iterdir())
 
 
-def test_a_first_builds_routine_tfds_warning_stays_out_of_the_log(tmp_path):
+def test_a_first_builds_routine_tfds_lines_stay_out_of_the_log(tmp_path, capsys):
   """TFDS warns that the folder it is about to build has no dataset_info.json: routine on a fresh
-  machine, so the launcher's filter drops it, and lets the library's other warnings through."""
+  machine, so the launcher's filter drops it, and lets the library's other warnings through. Its
+  "Downloading and preparing dataset Unknown size" lines give way to the build's own summary."""
   root = tmp_path / 'sprites'
   root.mkdir()
   for value in (40, 200):
@@ -107,3 +108,6 @@ def test_a_first_builds_routine_tfds_warning_stays_out_of_the_log(tmp_path):
   tfds_file = '/site-packages/tensorflow_datasets/core/dataset_builder.py'
   real = logging.LogRecord('absl', logging.WARNING, tfds_file, 1, 'Dataset corrupted', (), None)
   assert kept.filter(real)
+  printed = capsys.readouterr().out
+  assert 'Built sprites/' in printed
+  assert 'Unknown size' not in printed and 'Dataset sprites' not in printed

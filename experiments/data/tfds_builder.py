@@ -179,3 +179,11 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
   def _post_download_and_prepare_hook(self) -> None:
     """Runs only after the dataset was written and renamed into place: print its counts once."""
     print(f'{self._summary}\nPreview: {os.path.join(self.data_dir, PREVIEW)}', flush=True)
+
+  # TFDS's own lines before and after a build ("Downloading and preparing dataset Unknown
+  # size (download: Unknown size, ...)"): nothing is downloaded; the summary above says what was.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
