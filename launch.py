@@ -44,7 +44,7 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   logs.quiet_libraries()
   config = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(config)
+  workdir = os.path.expanduser(_WORKDIR.value) if _WORKDIR.value else default_workdir(config)
   hosts.start(config)
   if config.runtime.compile_cache:
     cache = os.path.join(os.path.dirname(os.path.abspath(workdir)), '.jax_cache')

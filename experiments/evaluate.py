@@ -30,7 +30,7 @@ from experiments.data import dataset
 from experiments.pictures import canvas
 from experiments.quality import audit, colors, feature_cache, features, floor, grain, metrics
 from experiments.quality import report as report_lib
-from experiments.runtime import checkpoints, drawing, files, hosts, parallel, refiner
+from experiments.runtime import checkpoints, drawing, files, hosts, parallel, refiner, trained_with
 
 REFERENCES = ('test', 'train')
 
@@ -43,6 +43,28 @@ def check_config(eval_cfg) -> None:
   if min(counts) < 1 or eval_cfg.near_copy <= 0:
     raise ValueError('eval.num_samples, repeats, knn, batch_size and feature_steps must be >= 1, '
                      'and eval.near_copy > 0.')
+
+
+def check_reference(config, ref) -> None:
+  """The sets compared must hold more than eval.knn + 1 sprites for k-NN precision and recall:
+  said before training or drawing, not after (`ref`: the eval.reference split)."""
+  e = config.eval
+  n = len(ref.images) if e.samples else e.num_samples  # a samples file's count is read later
+  h = floor.set_size(floor.halves_of(ref.groups, e.repeats, e.seed), n)
+  if h > e.knn + 1:
+    return
+  if h == n:
+    fix = f'Raise eval.num_samples={n}'
+  elif e.reference == 'test':
+    fix = (f'Raise data.test_fraction={config.data.test_fraction:g} (the dataset is built again, '
+           'once) or add sprites')
+  else:
+    fix = 'Add sprites'
+  raise ValueError(
+      f'The evaluation compares sets of {h} sprites (half of the {e.reference} split\'s '
+      f'{len(ref.images)}, by groups of variants, and at most eval.num_samples={e.num_samples}): '
+      f'k-NN precision and recall with eval.knn={e.knn} need at least {e.knn + 2}. {fix}, or '
+      'train without evaluating (--config.eval.at_end=False --config.train.eval_every=0).')
 
 
 def proportional_labels(labels: np.ndarray, num_classes: int, n: int) -> np.ndarray:
@@ -87,8 +109,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
                      '.npz files that --mode=sample writes.') from e
 
 
-def read_samples(path: str, like: np.ndarray, num_classes: int):
-  """(images, labels) of a samples .npz, checked against the training sprites `like`."""
+def read_samples(path: str, like: np.ndarray, num_classes: int, class_names=None):
+  """(images, labels) of a samples .npz, checked against the training sprites `like` (and their
+  class names, where the file records its own: --mode=sample writes them)."""
   arrays = _read_npz(path)
   if 'images' not in arrays:
     raise ValueError(f'{path} holds no `images` array (it has: {", ".join(arrays) or "nothing"}); '
@@ -101,6 +124,11 @@ def read_samples(path: str, like: np.ndarray, num_classes: int):
     raise ValueError(f'{path}: sprites are {images.dtype} {list(images.shape[1:])}, the training '
                      f'data {like.dtype} {list(like.shape[1:])}: convert them (uint8 in [0, 255], '
                      'RGB) or set --config.data.image_size to match.')
+  drawn_for = [str(n) for n in arrays.get('class_names', np.zeros(0, str))]
+  if class_names is not None and 'class_names' in arrays and drawn_for != list(class_names):
+    raise ValueError(f'{path} was drawn for the classes {", ".join(drawn_for) or "(none)"}, but this '
+                     f'config\'s data has {", ".join(class_names) or "(none)"}: pass the data.* '
+                     'flags of the run that drew it (its labels index its own classes).')
   labels = np.full(len(images), -1, np.int32) if labels is None else labels
   if (labels.ndim != 1 or len(labels) != len(images)
       or not np.issubdtype(labels.dtype, np.integer)
@@ -115,7 +143,8 @@ def _sprites(config, workdir, train, params, step):
   """(images, labels, name, step, source) to evaluate: eval.samples if set, else fresh draws."""
   path = config.eval.samples
   if path:
-    images, labels = read_samples(os.path.expanduser(path), train.images, train.num_classes)
+    images, labels = read_samples(os.path.expanduser(path), train.images, train.num_classes,
+                                  train.class_names)
     # '_file': evaluating a drawn set's own .npz must not overwrite the evaluation that drew it
     name = os.path.splitext(os.path.basename(path))[0] + '_file'
     return images, labels, name, step, os.path.abspath(path)
@@ -164,7 +193,10 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
   train, heldout = dataset.load(config.data, 'train'), dataset.load(config.data, 'test')
   if not eval_cfg.samples:  # drawn by this workdir's model: judge it against its own held-out sprites
     dataset.check_trained_on(workdir, train, 'the held-out sprites may include ones it learnt')
+    if params is None:
+      trained_with.check(config, workdir, trained_with.DRAWING, 'evaluating it')
   ref = heldout if eval_cfg.reference == 'test' else train
+  check_reference(config, ref)
   loaded = time.perf_counter()
   images, labels, name, step, source = _sprites(config, workdir, train, params, step)
   drawn = time.perf_counter()

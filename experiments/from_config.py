@@ -84,6 +84,10 @@ def validate(config) -> None:
   _check(train.steps_per_dispatch >= 0 and train.steps % max(train.steps_per_dispatch, 1) == 0,
          f'train.steps={train.steps} must be a multiple of train.steps_per_dispatch='
          f'{train.steps_per_dispatch} (or set it to 0: automatic).')
+  _check(diffusion.cond_drop_rate > 0 or not sample.guidance,
+         f'sample.guidance={sample.guidance:g} steers away from the null context, which '
+         'diffusion.cond_drop_rate=0 never trains: set sample.guidance=0 (autoguidance needs no '
+         'null context), or train with diffusion.cond_drop_rate > 0 (0.1 is usual).')
   _check(not sample.autoguidance or sample.guide_step >= 1,
          f'sample.autoguidance={sample.autoguidance:g} needs sample.guide_step >= 1, the step whose '
          'weights guide (an early checkpoint of the same run, e.g. 1/20 of train.steps).')

@@ -19,7 +19,7 @@ from absl import logging
 from experiments import from_config
 from experiments.data import dataset
 from experiments.pictures import canvas, forward_process
-from experiments.runtime import drawing, files, hosts, parallel
+from experiments.runtime import drawing, files, hosts, parallel, trained_with
 
 
 def parse_scales(spec: str) -> list[float]:
@@ -129,9 +129,13 @@ def run(config, workdir: str) -> list[str]:
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     logging.info('No checkpoint in %s: wrote only the forward process.', workdir)
     return written
+  trained_with.check(config, workdir, trained_with.DRAWING, 'drawing from it')
   class_names = dataset.recorded_class_names(config.data, workdir)
-  if len(class_names) < 2:
-    raise ValueError('show needs a dataset with at least two classes for its context pictures.')
+  if len(class_names) < 2:  # nothing to steer between: the forward process is all there is
+    logging.info('%s was trained on %s: the context pictures need two classes; wrote only the '
+                 'forward process.', workdir, f'one class ({class_names[0]})' if class_names
+                 else 'no classes')
+    return written
   for spec, default in ((config.show.class_a, 0), (config.show.class_b, 1)):
     class_index(spec, class_names, default)  # a typo fails before any sampling
   mesh = parallel.make_mesh()

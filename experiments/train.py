@@ -19,7 +19,7 @@ from absl import logging
 from experiments import evaluate, from_config, sample
 from experiments.data import dataset
 from experiments.runtime import checkpoints, drawing, files, logs, parallel, preemption, refiner
-from experiments.runtime import state as state_lib, train_step, workdir_lock
+from experiments.runtime import state as state_lib, train_step, trained_with, workdir_lock
 
 
 def _check_finite(metrics: dict, step: int, mngr) -> None:
@@ -105,6 +105,7 @@ def finish_refiner(config, workdir: str) -> None:
   if not config.train.refiner_steps:
     return
   with workdir_lock.hold(workdir):
+    trained_with.check(config, workdir, trained_with.TRAINING, 'fine-tuning its refiner')
     data = dataset.load(config.data, 'train')
     mesh = parallel.make_mesh()
     step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema,
@@ -124,6 +125,8 @@ def check_data(config, data) -> None:
   drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)
   if config.eval.at_end or config.train.eval_every:
     dataset.check_split(config.data, 'test')
+    reference = data if config.eval.reference == 'train' else dataset.load(config.data, 'test')
+    evaluate.check_reference(config, reference)
 
 
 def check_workdir(config, workdir: str, data, mngr) -> None:
@@ -133,6 +136,7 @@ def check_workdir(config, workdir: str, data, mngr) -> None:
   _check_recorded_classes(workdir, data.class_names, latest is not None)
   if latest is not None:
     dataset.check_trained_on(workdir, data, 'resuming would train on other sprites')
+    trained_with.check(config, workdir, trained_with.TRAINING, 'resuming')
   if latest is not None and latest > config.train.steps:
     cap = (f' (and train.max_epochs={config.train.max_epochs:g}, which may end it sooner; 0: no '
            'cap)' if config.train.max_epochs > 0 else '')
@@ -179,7 +183,9 @@ def _check_recorded_classes(workdir: str, class_names, trained: bool) -> None:
 
 
 def _say_how_to_resume(signal_name: str, step: int, mngr) -> None:
-  command = (f'python {shlex.join(sys.argv)}' if sys.argv and sys.argv[0].endswith('launch.py')
+  python = os.path.relpath(sys.executable)  # .venv/bin/python as typed, not a bare `python`
+  python = sys.executable if python.startswith('..') else python
+  command = (shlex.join([python, *sys.argv]) if sys.argv and sys.argv[0].endswith('launch.py')
              else 'the same command')
   logging.warning('Stopped by %s at step %d; the checkpoint of step %d is saved in %s. To resume, '
                   'run %s again.', signal_name, step, step, mngr.directory, command)

@@ -101,6 +101,16 @@ def test_zero_terminal_snr_with_eps_prediction_is_refused():
   from_config.validate(config)
 
 
+def test_classifier_free_guidance_without_a_trained_null_context_is_refused():
+  config = sprites.get_config('cpu')  # guidance 2
+  config.diffusion.cond_drop_rate = 0.0
+  with pytest.raises(ValueError, match='sample.guidance=2 steers away from the null context, which '
+                     'diffusion.cond_drop_rate=0 never trains'):
+    from_config.validate(config)
+  config.sample.guidance = 0.0  # autoguidance alone needs no null context
+  from_config.validate(config)
+
+
 @pytest.mark.parametrize('steps, asked, backend, expected', [
     (28_600, 0, 'gpu', 10),  # automatic: fused on accelerators
     (3_500, 0, 'cpu', 1),    # ... never on CPU, where scanned conv gradients are slow
@@ -191,6 +201,14 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
   assert len(names) == 13, names
+  # A start at or below the schedule's own first level (the linear one's -5.05) starts at t = 1,
+  # and says so: the name of a draw from t = 1.
+  linear = sprites.get_config('smoke')
+  assert sample.output_name(linear, 30) == 'step000030_ddim10'
+  linear.sample.logsnr_start = -8.0
+  assert sample.output_name(linear, 30) == 'step000030_ddim10'
+  linear.sample.logsnr_start = -4.0
+  assert sample.output_name(linear, 30) == 'step000030_ddim10from-4'
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():

@@ -61,6 +61,8 @@ def test_missing_manual_dir_is_named(data_dir):
     dataset.load(_cfg(data_dir, source='course'))
   with pytest.raises(FileNotFoundError, match='/no/such/folder'):
     dataset.load(_cfg(data_dir, source='course', manual_dir='/no/such/folder'))
+  with pytest.raises(ValueError, match='data.source=emoji .*reads no folder.*data.source=folder'):
+    dataset.load(_cfg(data_dir, manual_dir='/my/sprites'))  # the default source would ignore it
 
 
 def test_unknown_source_lists_the_valid_ones(data_dir):

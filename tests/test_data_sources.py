@@ -282,6 +282,10 @@ def _png(path, size=16, seed=0):
 @pytest.mark.parametrize('make, tile_size, message', [
     (lambda r: os.makedirs(r), 0, 'holds no images'),
     (lambda r: _write(os.path.join(r, 'notes.txt'), b'hi'), 0, 'holds no images'),
+    (lambda r: _write(os.path.join(r, 'photo.JPG'), b'jpeg'), 0,
+     r'holds no images .*1 JPEG file\(s\) are not read \(e.g. .*photo\.JPG\).*save them as PNG'),
+    (lambda r: (_png(os.path.join(r, 'a', 'x.png')), _write(os.path.join(r, 'b', 'y.jpeg'))), 0,
+     r'class folder .*/b has no images.*1 JPEG file\(s\) are not read \(e.g. .*/b/y\.jpeg'),
     (lambda r: (_png(os.path.join(r, 'a', 'x.png')), os.makedirs(os.path.join(r, 'b'))), 0,
      r'class folder .*/b has no images'),
     (lambda r: _write(os.path.join(r, 'x.png'), b'junk'), 0, r'nothing usable in .*x\.png'),
@@ -303,6 +307,17 @@ def test_bad_folders_fail_by_name_and_leave_nothing(tmp_path, data_dir, make, ti
     dataset.load(cfg)
   builder = dataset.builder(cfg)
   assert not builder.is_prepared() and not os.path.exists(builder.data_dir)
+
+
+def test_jpegs_beside_pngs_are_named_as_not_read(tmp_path, data_dir, caplog):
+  root = str(tmp_path / 'sprites')
+  for k in range(3):
+    _png(os.path.join(root, f'{k}.png'), seed=k)
+  _write(os.path.join(root, 'photo.jpg'), b'jpeg')
+  with caplog.at_level(logging.WARNING):
+    assert len(dataset.load(_cfg(data_dir, source='folder', manual_dir=root), 'train').images) >= 2
+  assert any('1 JPEG file(s) are not read' in r.getMessage() and 'photo.jpg' in r.getMessage()
+             for r in caplog.records)
 
 
 def test_a_sheet_file_needs_a_tile_size(tmp_path, data_dir):

@@ -75,6 +75,7 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
   assert report['memorization']['pixel_closer_than_heldout_p5'] == 1.0
   assert 'drawing its training sprites back' in ' '.join(quality_report.verdict(report))
   assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_file_nearest.png'))
+  assert quality_report.summary(report).startswith('eval of copies_file: 200 samples vs')
 
 
 @pytest.mark.parametrize('pixel, feature, words', [
@@ -227,6 +228,15 @@ def test_bad_sample_files_fail_clearly(tmp_path, data_dir, images, message):
   path = str(tmp_path / 'bad.npz')
   np.savez(path, images=images)
   with pytest.raises(ValueError, match=message):
+    evaluate.run(_eval_config(data_dir, **{'eval.samples': path}), str(tmp_path))
+
+
+def test_samples_drawn_for_other_classes_are_refused_by_name(tmp_path, data_dir):
+  path = str(tmp_path / 'cats.npz')
+  np.savez(path, images=np.zeros((4, 16, 16, 3), np.uint8), labels=np.array([0, 1, 0, 1]),
+           class_names=np.asarray(['cats', 'dogs']))
+  with pytest.raises(ValueError, match='drawn for the classes cats, dogs, but this config.s data '
+                     'has smileys_emotion, .*pass the data.. flags of the run that drew it'):
     evaluate.run(_eval_config(data_dir, **{'eval.samples': path}), str(tmp_path))
 
 

@@ -1,6 +1,7 @@
 """Pictures: the forward strip's statistics, alpha keying, palettes, atlases, and every file written."""
 import dataclasses
 import json
+import logging
 import os
 import re
 
@@ -144,6 +145,18 @@ def test_show_without_a_checkpoint_writes_the_forward_process(tmp_path, data_dir
   assert strip.width >= len(forward_process.STRIP_LOGSNR) * 16 * 4 and strip.height >= 3 * 16 * 4
   gif = Image.open(paths[1])
   assert gif.n_frames == 5 and gif.width >= 3 * 16 * 6
+
+
+def test_show_of_a_one_class_run_writes_the_forward_process_and_says_why_no_more(tmp_path,
+                                                                                 data_dir, caplog):
+  workdir = tmp_path / 'cats'
+  os.makedirs(workdir / 'checkpoints')
+  (workdir / 'data.json').write_text(json.dumps({'class_names': ['cats']}))
+  with caplog.at_level(logging.INFO):
+    paths = show.run(_picture_config(data_dir), str(workdir))
+  assert [os.path.basename(p) for p in paths] == ['forward.png', 'forward.gif']
+  assert any('one class (cats): the context pictures need two classes' in r.getMessage()
+             for r in caplog.records)
 
 
 @pytest.fixture(scope='module')

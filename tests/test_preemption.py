@@ -1,6 +1,7 @@
 """SIGTERM / SIGINT: the run saves at the current step and exits 0; resuming equals never stopping."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,8 +75,10 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, da
   logged = [json.loads(line)['step'] for line in open(os.path.join(stopped, 'metrics.jsonl'))]
   step = checkpoints.manager(stopped, 5).latest_step()
   assert step == logged[-1], 'the checkpoint holds the step the run had reached'
-  assert 'To resume, run python launch.py' in output and not os.path.exists(
-      os.path.join(stopped, 'samples')), 'a stopped run saves and says how to resume; no samples'
+  hint = re.search(r'To resume, run (\S+) launch\.py --config=configs/sprites\.py:smoke', output)
+  assert hint and os.path.samefile(os.path.join(ROOT, hint.group(1)), sys.executable), \
+      'a stopped run says how to resume, with the interpreter that ran it'
+  assert not os.path.exists(os.path.join(stopped, 'samples')), 'a stopped run draws nothing'
 
   config = tiny_config(data_dir, **{'train.steps': step + 2}, **QUICK)
   train.run(config, stopped)

@@ -72,8 +72,8 @@ def test_a_different_model_in_the_workdir_is_refused_and_kept(tmp_path, data_dir
   workdir = str(tmp_path / 'run')
   train.run(tiny_config(data_dir, **{'sample.gif': False, 'sample.steps': 1}), workdir)
   before = sorted(os.walk(os.path.join(workdir, 'checkpoints')))
-  with pytest.raises(ValueError, match='different model'):
-    train.run(tiny_config(data_dir, **{'model.n_feat': 16}), workdir)
+  with pytest.raises(ValueError, match='trained with model.n_feat=8 .*asks for model.n_feat=16'):
+    train.run(tiny_config(data_dir, **{'model.n_feat': 16}), workdir)  # by its config.json
   assert sorted(os.walk(os.path.join(workdir, 'checkpoints'))) == before
 
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from experiments import evaluate, from_config, train
+from experiments import evaluate, from_config, sample, train
 from experiments.data import dataset
 from experiments.data.sources import emoji
-from experiments.runtime import checkpoints, errors, logs, state as state_lib, workdir_lock
+from experiments.runtime import checkpoints, errors, logs, state as state_lib, trained_with
+from experiments.runtime import workdir_lock
 
 
 def _trained_workdir(tmp_path, step=5, class_names=None):
@@ -77,6 +78,38 @@ def test_other_classes_are_refused_before_the_records_are_touched(tmp_path, data
   assert _records(workdir) == before
 
 
+def test_what_the_weights_mean_must_match_their_record_to_resume_draw_or_evaluate(tmp_path,
+                                                                                  data_dir):
+  """Shapes alone let another schedule, target or sprite size through: config.json is checked."""
+  config = tiny_config(data_dir)
+  workdir = _trained_workdir(tmp_path)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f)
+  before = _records(workdir)
+  with pytest.raises(ValueError, match='trained with diffusion.prediction=eps .*asks for '
+                     'diffusion.prediction=v: resuming.*--config.diffusion.prediction=eps'):
+    train.run(tiny_config(data_dir, **{'diffusion.prediction': 'v', 'train.steps': 10}), workdir)
+  with pytest.raises(ValueError, match='data.image_size=16 .*drawing from it'):
+    sample.run(tiny_config(data_dir, **{'data.image_size': 32}), workdir)
+  with pytest.raises(ValueError, match='diffusion.schedule=linear .*evaluating it'):
+    evaluate.run(tiny_config(data_dir, **{'diffusion.schedule': 'cosine'}), workdir)
+  with pytest.raises(ValueError, match=r'--config.model.channel_mult=\(1,2,2,\)'):
+    trained_with.check(tiny_config(data_dir, **{'model.channel_mult': (1, 2, 5)}), workdir,
+                       trained_with.DRAWING, 'drawing from it')
+  # the loss: checked for resuming only
+  with pytest.raises(ValueError, match='diffusion.loss_weighting=simple'):
+    trained_with.check(tiny_config(data_dir, **{'diffusion.loss_weighting': 'min_snr'}), workdir,
+                       trained_with.TRAINING, 'resuming')
+  how_it_runs = tiny_config(data_dir, **{'diffusion.loss_weighting': 'min_snr',
+                                         'model.dtype': 'bfloat16', 'sample.steps': 9,
+                                         'train.learning_rate': 1e-4, 'train.steps': 50})
+  trained_with.check(how_it_runs, workdir, trained_with.DRAWING, 'drawing from it')
+  trained_with.check(config, workdir, trained_with.TRAINING, 'resuming')
+  assert _records(workdir) == before
+  assert not os.path.exists(os.path.join(workdir, 'samples'))
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
+
+
 def test_train_steps_below_the_checkpoint_is_refused(tmp_path, data_dir):
   workdir = _trained_workdir(tmp_path, step=5)
   os.remove(os.path.join(workdir, 'data.json'))
@@ -93,6 +126,31 @@ def test_unknown_mix_class_and_a_missing_test_split_fail_before_the_first_step(t
     train.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
   assert not os.path.exists(os.path.join(workdir, 'config.json'))
+
+
+def test_sets_too_small_for_the_evaluation_fail_before_the_first_step(tmp_path, data_dir):
+  """k-NN precision and recall need sets of more than eval.knn + 1: a tiny held-out split (or
+  eval.num_samples) is named before training, with the fix, not after it."""
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='sets of 3 sprites.*eval.knn=3 need at least 5. Raise '
+                     'eval.num_samples=3'):
+    train.run(tiny_config(data_dir, **{'eval.at_end': True, 'eval.num_samples': 3}), workdir)
+  root = tmp_path / 'few'
+  rng = np.random.default_rng(0)
+  for name in ('cats', 'dogs'):
+    (root / name).mkdir(parents=True)
+    for k in range(10):
+      Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+          root / name / f'{k}.png')
+  few = tiny_config(data_dir, **{'eval.at_end': True, 'data.source': 'folder',
+                                 'data.manual_dir': str(root)})
+  with pytest.raises(ValueError, match=r"half of the test split's \d+,.*Raise "
+                     r'data.test_fraction=0.1 \(the dataset is built again, once\) or add '
+                     r'sprites.*eval.at_end=False'):
+    train.run(few, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'config.json'))
+  with pytest.raises(ValueError, match=r"half of the test split's \d+,"):
+    evaluate.run(few, workdir)  # before looking for weights to draw with
 
 
 @pytest.mark.parametrize('key, value', [
@@ -118,13 +176,32 @@ def test_a_resume_drops_the_metric_rows_logged_after_its_checkpoint(tmp_path):
   assert [json.loads(line)['step'] for line in open(path)] == [1, 2, 3]
 
 
-def _launch(*args: str, module: str = '') -> subprocess.CompletedProcess:
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args: str, module: str = '', env=None) -> subprocess.CompletedProcess:
   """launch.py (or `python -m module`) run as a user runs it, from the repository root; its exit
   code and output."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   program = ['-m', module] if module else ['launch.py']
-  return subprocess.run([sys.executable, *program, *args], cwd=root, capture_output=True,
-                        text=True, check=False)
+  return subprocess.run([sys.executable, *program, *args], cwd=_ROOT, capture_output=True,
+                        text=True, check=False, env={**os.environ, **(env or {})})
+
+
+def test_a_workdir_under_home_is_expanded_not_made_in_a_folder_named_tilde(tmp_path):
+  """bash leaves the ~ of --workdir=~/run alone: the launcher expands it, as data.* paths are."""
+  done = _launch('--config=configs/sprites.py:smoke', '--workdir=~/run', '--mode=sample',
+                 env={'HOME': str(tmp_path)})
+  assert done.returncode == 1
+  assert f'No checkpoint in {tmp_path}/run/checkpoints' in done.stderr
+  assert not os.path.exists(os.path.join(_ROOT, '~'))
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_code_130(capsys):
+  with pytest.raises(SystemExit) as stopped:
+    with errors.reported():
+      raise KeyboardInterrupt
+  assert stopped.value.code == 130
+  assert capsys.readouterr().err.startswith('Stopped by Ctrl-C. What was saved is kept')
 
 
 def test_the_launcher_prints_a_refused_value_without_a_traceback(tmp_path):

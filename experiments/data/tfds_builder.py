@@ -76,6 +76,11 @@ def _fingerprint(paths: list[str]) -> str:
 
 def _check_manual_dir(source: str, manual_dir: str, tile_size: int) -> None:
   if source == 'emoji':
+    if manual_dir:  # a folder passed without its source would train on emoji without a word
+      raise ValueError(f'data.manual_dir={manual_dir} is given, but data.source=emoji (the '
+                       'default) draws its sprites from PyPI and reads no folder: add '
+                       '--config.data.source=folder (or dawnlike, course: README, Data) to train '
+                       'on it, or drop data.manual_dir.')
     return
   if not manual_dir:
     raise ValueError(f'data.source={source} reads files from a folder: pass '

@@ -24,6 +24,16 @@ def group_halves(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
   return rng.permutation(np.flatnonzero(in_first)), rng.permutation(np.flatnonzero(~in_first))
 
 
+def halves_of(ref_groups: np.ndarray, repeats: int, seed: int) -> list[tuple]:
+  """The reference's halves for each repeat (group_halves, one seed each)."""
+  return [group_halves(ref_groups, seed + r) for r in range(repeats)]
+
+
+def set_size(halves: list[tuple], n: int) -> int:
+  """h: the size of every set compared, the samples (n of them) and each half of the reference."""
+  return min([n] + [min(len(a), len(b)) for a, b in halves])
+
+
 def _set_metrics(fake, real, k: int, block: int) -> dict[str, float]:
   precision, recall = metrics.precision_recall(real, fake, k, block)
   return {'fid': float(metrics.fid(fake, real)), 'kid': float(metrics.kid(fake, real, block)),
@@ -35,8 +45,8 @@ def distribution_metrics(sample_f, ref_f, ref_groups, *, knn: int, repeats: int,
   """Each metric for samples vs one half of the reference, and for the other half vs it (the
   floor), all sets of one size h; repeated over redrawn halves (and further samples), averaged."""
   n, k = len(sample_f), knn
-  halves = [group_halves(ref_groups, seed + r) for r in range(repeats)]
-  h = min([n] + [min(len(a), len(b)) for a, b in halves])
+  halves = halves_of(ref_groups, repeats, seed)
+  h = set_size(halves, n)
   if h <= k + 1:
     raise ValueError(f'Sets of {h} sprites are too few for k-NN precision/recall with '
                      f'eval.knn={k}: draw more samples or use a larger reference split.')

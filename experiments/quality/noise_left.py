@@ -31,7 +31,7 @@ from diffusion import denoiser, gaussian, samplers, schedules
 from experiments import from_config
 from experiments.data import dataset
 from experiments.quality import grain
-from experiments.runtime import cli, drawing, errors, logs, parallel, refiner
+from experiments.runtime import cli, drawing, errors, logs, parallel, refiner, trained_with
 
 def measure(denoise, x0: jax.Array, logsnr_fn, levels, key: jax.Array,
             draws: int = 1) -> list[dict]:
@@ -84,6 +84,7 @@ def make_denoise(config, workdir: str, num_classes: int, labels: np.ndarray, gui
     raise ValueError('--guided and --refiner: the refining pass is not autoguided; give one.')
   mesh, s = parallel.make_mesh(), from_config.sampling(config)
   kwargs = from_config.state_kwargs(config, num_classes)
+  trained_with.check(config, workdir, trained_with.DRAWING, 'denoising with it')
   step, params = drawing.restore_params(workdir, mesh, config.sample.use_ema, **kwargs)
   if use_refiner:  # the refiner of those weights, not autoguided, as in the refining pass
     refined = refiner.attach(params, params, workdir, step, config.sample, mesh, **kwargs)

@@ -157,7 +157,8 @@ def _pixel_lines(r: dict) -> list[str]:
 def summary(r: dict) -> str:
   """The one-screen report printed after every evaluation."""
   net, mem = r['feature_net'], r['memorization']
-  lines = [f"eval of {r['samples']['name']} (step {r['step']}): {r['samples']['count']} samples vs "
+  step = f" (step {r['step']})" if r['step'] is not None else ''  # None: a samples file's
+  lines = [f"eval of {r['samples']['name']}{step}: {r['samples']['count']} samples vs "
            f"the {r['reference']['split']} split ({r['reference']['count']} sprites); sets of "
            f"{r['set_size']}, {r['repeats']} repeat(s)",
            f"feature net v{net['version']} ({net['task']}, {net['steps']} steps): held-out "

@@ -1,6 +1,7 @@
 """Errors a user can act on (bad input, a busy workdir, divergence): printed as their message
-alone, exit code 1. They say what to change, and a traceback would bury it. Errors raised inside
-a library (JAX, orbax, TFDS) are not checked inputs and keep their traceback."""
+alone, exit code 1 (Ctrl-C outside training: one line, exit code 130). They say what to change,
+and a traceback would bury it. Errors raised inside a library (JAX, orbax, TFDS) are not checked
+inputs and keep their traceback."""
 import contextlib
 import os
 import sys
@@ -45,3 +46,10 @@ def reported():
       raise
     print(f'Error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except KeyboardInterrupt:
+    # Training itself saves and stops on Ctrl-C (runtime/preemption.py). Elsewhere (building the
+    # dataset, fine-tuning the refiner, drawing, evaluating) every file is renamed into place
+    # whole, so an interruption loses only the work in progress.
+    print('Stopped by Ctrl-C. What was saved is kept; the same command again does what was left.',
+          file=sys.stderr, flush=True)
+    sys.exit(130)

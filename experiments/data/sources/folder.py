@@ -4,7 +4,8 @@
   FOLDER/*.png              no subfolders: an unconditional dataset (label -1)
   SHEET.png + tile_size     one sheet sliced into tile_size tiles (or every image of a folder)
 
-PNG, GIF (every frame), BMP and WebP, with or without alpha (composited on white). Sprites at
+PNG, GIF (every frame), BMP and WebP, with or without alpha (composited on white); JPEGs are
+named in a warning and not read (their compression smears pixel art). Sprites at
 image_size are kept; larger ones shrink by nearest neighbor when the side is a whole multiple
 (crisp pixel art), by area otherwise (logged, with the files, since edges soften); smaller ones
 grow by whole factors. A file that cannot be used is skipped with a warning naming it; nothing
@@ -22,6 +23,7 @@ from experiments.data.sources.images import (Sprite, composite_on_white, fit, fi
                                              is_enlarged, tiles, to_rgba, visible_pixels)
 
 EXTENSIONS = ('.png', '.gif', '.bmp', '.webp')
+NOT_READ = ('.jpg', '.jpeg')  # JPEG's compression smears pixel art's edges and flat colors
 MIN_VISIBLE_FRACTION = 12 / 256  # sheet tiles with fewer non-white pixels are blank (or a stray speck)
 
 
@@ -29,14 +31,23 @@ class Skip(Exception):
   """A file that cannot be used; the message says why and how to fix it."""
 
 
-def images_under(folder: str) -> list[str]:
+def images_under(folder: str, extensions: tuple[str, ...] = EXTENSIONS) -> list[str]:
   """Every image file under `folder`, sorted, hidden files and folders left out."""
   found = []
   for parent, dirs, files in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     found += [os.path.join(parent, f) for f in sorted(files)
-              if not f.startswith('.') and f.lower().endswith(EXTENSIONS)]
+              if not f.startswith('.') and f.lower().endswith(extensions)]
   return found
+
+
+def _jpegs(folder: str) -> str:
+  """What to say about the JPEGs under `folder` (they are not read), or ''."""
+  if os.path.isfile(folder):
+    return ''
+  found = images_under(folder, NOT_READ)
+  return (f' {len(found)} JPEG file(s) are not read (e.g. {found[0]}): JPEG compression smears '
+          'the edges and colors of pixel art; save them as PNG to use them.' if found else '')
 
 
 def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -50,7 +61,8 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not top:
       raise ValueError(f'Folder data: {root} holds no images ({", ".join(EXTENSIONS)}) and no class '
                        'folders. Put sprites in it (one subfolder per class, or none for an '
-                       'unconditional model) and pass it as --config.data.manual_dir.')
+                       'unconditional model) and pass it as --config.data.manual_dir.'
+                       + _jpegs(root))
     return [], [(os.path.join(root, e), -1) for e in top]
   if top:
     raise ValueError(f'Folder data: {root} holds both images ({", ".join(top[:3])}) and class folders '
@@ -61,7 +73,8 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     found = images_under(os.path.join(root, name))
     if not found:
       raise ValueError(f'Folder data: class folder {os.path.join(root, name)} has no images '
-                       f'({", ".join(EXTENSIONS)}). Add sprites to it or remove it.')
+                       f'({", ".join(EXTENSIONS)}). Add sprites to it or remove it.'
+                       f'{_jpegs(os.path.join(root, name))}')
     files += [(path, label) for path in found]
   return classes, files
 
@@ -158,6 +171,8 @@ def sprites(root: str, image_size: int, tile_size: int = 0) -> list[Sprite]:
     raise ValueError(f'Folder data: {root} is a file. To slice it as a sprite sheet, pass '
                      '--config.data.tile_size=N (its tile size); otherwise pass its folder.')
   names, files = scan(root)
+  if _jpegs(root):
+    logging.warning('Folder data:%s', _jpegs(root))
   if len(names) == 1:
     logging.warning('Folder data: %s has a single class folder (%s), so the model learns one class. '
                     'Put the images directly in %s for an unconditional model, or add class folders.',
