@@ -148,7 +148,7 @@ def test_sets_too_small_for_the_evaluation_fail_before_the_first_step(tmp_path, 
                      r'data.test_fraction=0.1 \(the dataset is built again, once\) or add '
                      r'sprites.*eval.at_end=False'):
     train.run(few, workdir)
-  assert not os.path.exists(os.path.join(workdir, 'config.json'))
+  assert not os.path.exists(workdir), 'a workdir the refused run made is not left behind'
   with pytest.raises(ValueError, match=r"half of the test split's \d+,"):
     evaluate.run(few, workdir)  # before looking for weights to draw with
 

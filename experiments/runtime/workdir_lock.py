@@ -119,12 +119,17 @@ def release(workdir: str, fd: int) -> None:
 
 @contextlib.contextmanager
 def hold(workdir: str):
-  """Hold the workdir's lock for the block (process 0 only); removed on the way out."""
+  """Hold the workdir's lock for the block (process 0 only); removed on the way out, and with it
+  the workdir, if this run made it and a check refused the run before anything was written."""
   if not files.is_writer():
     yield
     return
+  made = not os.path.exists(workdir)
   fd = acquire(workdir)
   try:
     yield
   finally:
     release(workdir, fd)
+    if made:
+      with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+        os.rmdir(workdir)
