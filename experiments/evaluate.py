@@ -50,21 +50,23 @@ def check_reference(config, ref) -> None:
   said before training or drawing, not after (`ref`: the eval.reference split)."""
   e = config.eval
   n = len(ref.images) if e.samples else e.num_samples  # a samples file's count is read later
-  h = floor.set_size(floor.halves_of(ref.groups, e.repeats, e.seed), n)
+  halves = floor.halves_of(ref.groups, e.repeats, e.seed)
+  h = floor.set_size(halves, n)
   if h > e.knn + 1:
     return
-  if h == n:
+  if h < floor.set_size(halves, len(ref.images)):  # the samples are fewer than a half
     fix = f'Raise eval.num_samples={n}'
   elif e.reference == 'test':
     fix = (f'Raise data.test_fraction={config.data.test_fraction:g} (the dataset is built again, '
            'once) or add sprites')
   else:
     fix = 'Add sprites'
+  most = '' if e.samples else f', and at most eval.num_samples={e.num_samples}'
   raise ValueError(
       f'The evaluation compares sets of {h} sprites (half of the {e.reference} split\'s '
-      f'{len(ref.images)}, by groups of variants, and at most eval.num_samples={e.num_samples}): '
-      f'k-NN precision and recall with eval.knn={e.knn} need at least {e.knn + 2}. {fix}, or '
-      'train without evaluating (--config.eval.at_end=False --config.train.eval_every=0).')
+      f'{len(ref.images)}, by groups of variants{most}): k-NN precision and recall with '
+      f'eval.knn={e.knn} need at least {e.knn + 2}. {fix}, or train without evaluating '
+      '(--config.eval.at_end=False --config.train.eval_every=0).')
 
 
 def proportional_labels(labels: np.ndarray, num_classes: int, n: int) -> np.ndarray:
@@ -126,8 +128,8 @@ def read_samples(path: str, like: np.ndarray, num_classes: int, class_names=None
                      'RGB) or set --config.data.image_size to match.')
   drawn_for = [str(n) for n in arrays.get('class_names', np.zeros(0, str))]
   if class_names is not None and 'class_names' in arrays and drawn_for != list(class_names):
-    raise ValueError(f'{path} was drawn for the classes {", ".join(drawn_for) or "(none)"}, but this '
-                     f'config\'s data has {", ".join(class_names) or "(none)"}: pass the data.* '
+    raise ValueError(f'{path} was drawn for the classes {", ".join(drawn_for) or "(none)"}, but '
+                     f'this config\'s data has {", ".join(class_names) or "(none)"}: pass the data.* '
                      'flags of the run that drew it (its labels index its own classes).')
   labels = np.full(len(images), -1, np.int32) if labels is None else labels
   if (labels.ndim != 1 or len(labels) != len(images)

@@ -31,14 +31,11 @@ def output_name(config, step: int, guide_step: int | None = None,
   guide = sample_cfg.guide_step if guide_step is None else guide_step
   if refiner_steps is None:
     refiner_steps = config.train.refiner_steps if sample_cfg.refiner else 0
-  start = sample_cfg.logsnr_start  # at or below the schedule's level at t = 1: starts at t = 1
-  if start and start <= float(from_config.logsnr_fn(config.diffusion)(1.0)):
-    start = 0.0
   name = drawing.output_name(step, sample_cfg.sampler, sample_cfg.steps, sample_cfg.guidance,
                              sample_cfg.palette, sample_cfg.guidance_logsnr, sample_cfg.use_ema,
                              sample_cfg.logsnr_end, sample_cfg.logsnr_grid,
                              sample_cfg.autoguidance, guide, sample_cfg.refine_draws,
-                             sample_cfg.refine_logsnr, refiner_steps, start)
+                             sample_cfg.refine_logsnr, refiner_steps, sample_cfg.logsnr_start)
   if sample_cfg.sampler == 'ddim' and sample_cfg.eta:
     name += f'_eta{sample_cfg.eta:g}'
   if sample_cfg.clip_x0 != 'clip':

@@ -201,14 +201,6 @@ def test_every_setting_that_changes_the_draws_changes_the_file_name():
   changed.sample.update(clip_x0='dynamic', dynamic_percentile=0.99)
   names.add(sample.output_name(changed, 8400))
   assert len(names) == 13, names
-  # A start at or below the schedule's own first level (the linear one's -5.05) starts at t = 1,
-  # and says so: the name of a draw from t = 1.
-  linear = sprites.get_config('smoke')
-  assert sample.output_name(linear, 30) == 'step000030_ddim10'
-  linear.sample.logsnr_start = -8.0
-  assert sample.output_name(linear, 30) == 'step000030_ddim10'
-  linear.sample.logsnr_start = -4.0
-  assert sample.output_name(linear, 30) == 'step000030_ddim10from-4'
 
 
 def test_logsnr_grid_is_checked_against_the_schedule_and_logsnr_end():

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -168,6 +170,20 @@ def test_shipped_sweep_files_apply_to_the_cpu_preset(name):
   base = plan.apply(sprites.get_config('cpu'), spec.base)
   for point in spec.points:
     from_config.validate(plan.apply(base, point))
+
+
+def test_a_sweep_of_the_full_cpu_preset_plans_before_jax_starts(tmp_path):
+  """Planning (names, shards) must not start JAX's backend: the sweep sets the CPU device count
+  and joins a multi-host run after it. The cpu preset's own first step (logsnr_start -8) once
+  made naming a draw evaluate the schedule, and the sweep failed before it began."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, '-m', 'experiments.sweep', '--config=configs/sprites.py:cpu',
+       '--sweep=configs/sweeps/predictions.py', '--dry_run', f'--root={tmp_path}'],
+      cwd=root, capture_output=True, text=True, check=False,  # as a user runs it: the tests'
+      env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})  # device flag hid it
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'diffusion.prediction=v' in done.stdout + done.stderr
 
 
 def test_a_sweep_caps_each_run_at_max_epochs_and_skips_one_finished_there(data_dir, monkeypatch):

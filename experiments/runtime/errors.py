@@ -48,8 +48,9 @@ def reported():
     sys.exit(1)
   except KeyboardInterrupt:
     # Training itself saves and stops on Ctrl-C (runtime/preemption.py). Elsewhere (building the
-    # dataset, fine-tuning the refiner, drawing, evaluating) every file is renamed into place
-    # whole, so an interruption loses only the work in progress.
-    print('Stopped by Ctrl-C. What was saved is kept; the same command again does what was left.',
+    # dataset, fine-tuning the refiner, drawing, evaluating) checkpoints, the dataset and the
+    # refiner are written whole or not at all; a picture or samples file being written may be
+    # cut short, and the same command writes it again.
+    print('Stopped by Ctrl-C. Checkpoints are kept; the same command again does what was left.',
           file=sys.stderr, flush=True)
     sys.exit(130)

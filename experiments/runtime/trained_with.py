@@ -10,20 +10,21 @@ import os
 
 from experiments.runtime import files
 
-# The forward process and the target; and whether the null context that classifier-free guidance
-# steers from was trained at all.
+# The forward process and the target.
 _SCHEDULE = ('schedule', 'timesteps', 'beta_start', 'beta_end', 'cosine_s', 'sigmoid_start',
              'sigmoid_end', 'sigmoid_tau', 'sigma_min', 'sigma_max', 'rho', 'shift', 'shift_t0',
-             'zero_terminal_snr', 'prediction', 'sigma_data', 'cond_drop_rate')
+             'zero_terminal_snr', 'prediction', 'sigma_data')
 _NETWORK = ('name', 'n_feat', 'channel_mult', 'blocks', 'attention', 'head_dim', 'self_cond',
             'patch')
-_LOSS = ('loss_weighting', 'loss_norm', 'min_snr_gamma', 'sigmoid_bias', 'importance')
+_LOSS = ('loss_weighting', 'loss_norm', 'min_snr_gamma', 'sigmoid_bias', 'importance',
+         'cond_drop_rate')
 
 # What the weights' output means: drawing from them, evaluating them, fine-tuning their refiner.
 # (model.dtype and model.dropout change how the network runs, not what it computes.)
 DRAWING = (tuple(f'diffusion.{k}' for k in _SCHEDULE) + tuple(f'model.{k}' for k in _NETWORK)
            + ('data.image_size',))
-# Resuming adds what the loss was: config.json must stay true of every step it records.
+# Resuming adds the loss, which defines what the network learns: steps trained under another one
+# would be recorded as this one's. (How it is optimized, train.*, may change on a resume.)
 TRAINING = DRAWING + tuple(f'diffusion.{k}' for k in _LOSS) + ('model.dropout',)
 
 
@@ -33,7 +34,7 @@ def _plain(value):
 
 
 def _flag(key: str, value) -> str:
-  shown = '(' + ','.join(map(str, value)) + ',)' if isinstance(value, list) else value
+  shown = '(' + ''.join(f'{v},' for v in value) + ')' if isinstance(value, list) else value
   return f'--config.{key}={shown}'
 
 

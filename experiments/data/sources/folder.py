@@ -171,8 +171,9 @@ def sprites(root: str, image_size: int, tile_size: int = 0) -> list[Sprite]:
     raise ValueError(f'Folder data: {root} is a file. To slice it as a sprite sheet, pass '
                      '--config.data.tile_size=N (its tile size); otherwise pass its folder.')
   names, files = scan(root)
-  if _jpegs(root):
-    logging.warning('Folder data:%s', _jpegs(root))
+  jpegs = _jpegs(root)
+  if jpegs:
+    logging.warning('Folder data:%s', jpegs)
   if len(names) == 1:
     logging.warning('Folder data: %s has a single class folder (%s), so the model learns one class. '
                     'Put the images directly in %s for an unconditional model, or add class folders.',
