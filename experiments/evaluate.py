@@ -225,18 +225,21 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
                           'total': round(time.perf_counter() - start, 2)}}
     report['warnings'] = report_lib.caveats(report)
     picture = audit.nearest_picture(images, train.images, near, eval_cfg.nearest_shown)
-    _write(workdir, name, report, picture, (images, labels) if source == 'drawn' else None)
+    drawn = (images, labels, train.class_names) if source == 'drawn' else None
+    _write(workdir, name, report, picture, drawn)
     print(report_lib.summary(report), flush=True)
     return report
 
 
 def _write(workdir: str, name: str, report: dict, picture: np.ndarray, drawn) -> None:
-  """The report and picture, and drawn samples as an .npz that eval.samples can read again."""
+  """The report and picture, and drawn samples (images, labels, class names) as an .npz that
+  eval.samples can read again."""
   folder = os.path.join(workdir, 'eval')
   os.makedirs(folder, exist_ok=True)
   stem = os.path.join(folder, name)
   if drawn is not None:
-    np.savez_compressed(stem + '_samples.npz', images=drawn[0], labels=drawn[1])
+    np.savez_compressed(stem + '_samples.npz', images=drawn[0], labels=drawn[1],
+                        class_names=np.asarray(drawn[2], dtype=str))
   files.write_json(stem + '.json', report)
   canvas.save_png(stem + '_nearest.png', picture)
   shutil.copyfile(stem + '.json', os.path.join(workdir, 'eval.json'))

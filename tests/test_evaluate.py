@@ -52,6 +52,7 @@ def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir)
   assert os.path.exists(os.path.join(workdir, 'eval', 'step000002_ddim4.json'))
   again = np.load(os.path.join(workdir, 'eval', 'step000002_ddim4_samples.npz'))
   assert again['images'].shape == (24, 16, 16, 3) and again['labels'].shape == (24,)
+  assert list(again['class_names'])[0] == 'smileys_emotion'  # eval.samples checks them
   assert report['grain']['samples'] == pytest.approx(grain.grain(again['images']))
   assert report['grain']['ratio'] == pytest.approx(
       report['grain']['samples'] / report['grain']['real_heldout'])
