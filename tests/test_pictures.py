@@ -189,6 +189,14 @@ def test_show_writes_every_picture(trained):
     assert picture.width >= cols * 64 and picture.height >= rows * 64, name
 
 
+def test_show_refuses_another_target_than_the_one_that_trained_the_workdir(trained):
+  config, workdir = trained
+  other = config.copy_and_resolve_references()
+  other.diffusion.prediction = 'x0'
+  with pytest.raises(ValueError, match='trained with diffusion.prediction=eps'):
+    show.run(other, workdir)
+
+
 def test_repeated_indices_share_the_noise_and_only_the_context_changes(trained):
   config, workdir = trained
   mesh = parallel.make_mesh()
