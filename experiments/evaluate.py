@@ -129,8 +129,8 @@ def read_samples(path: str, like: np.ndarray, num_classes: int, class_names=None
   drawn_for = [str(n) for n in arrays.get('class_names', np.zeros(0, str))]
   if class_names is not None and 'class_names' in arrays and drawn_for != list(class_names):
     raise ValueError(f'{path} was drawn for the classes {", ".join(drawn_for) or "(none)"}, but '
-                     f'this config\'s data has {", ".join(class_names) or "(none)"}: pass the data.* '
-                     'flags of the run that drew it (its labels index its own classes).')
+                     f'this config\'s data has {", ".join(class_names) or "(none)"}: pass the '
+                     'data.* flags of the run that drew it (its labels index its own classes).')
   labels = np.full(len(images), -1, np.int32) if labels is None else labels
   if (labels.ndim != 1 or len(labels) != len(images)
       or not np.issubdtype(labels.dtype, np.integer)
