@@ -124,9 +124,8 @@ def check_data(config, data) -> None:
   evaluation will need one (before hours of training, not after)."""
   drawing.contexts(data.class_names, config.sample.per_class, config.sample.mix)
   if config.eval.at_end or config.train.eval_every:
-    dataset.check_split(config.data, 'test')
-    reference = data if config.eval.reference == 'train' else dataset.load(config.data, 'test')
-    evaluate.check_reference(config, reference)
+    heldout = dataset.load(config.data, 'test')  # no test split: says why, and what to do
+    evaluate.check_reference(config, data if config.eval.reference == 'train' else heldout)
 
 
 def check_workdir(config, workdir: str, data, mngr) -> None:

@@ -105,11 +105,6 @@ def split_size(data_cfg, split: str = 'train') -> int:
   return b.info.splits[split].num_examples
 
 
-def check_split(data_cfg, split: str) -> None:
-  """Raise ValueError, saying why and what to do, if the configured dataset has no `split`."""
-  split_size(data_cfg, split)
-
-
 def load(data_cfg, split: str = 'train') -> SpriteData:
   """The whole `split` of the configured source, built first if it is not prepared yet."""
   b = _prepared(data_cfg)
