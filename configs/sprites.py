@@ -67,33 +67,20 @@ def _cpu(c):
   c.train.update(steps=8_400, max_epochs=250.0, batch_size=32, learning_rate=2e-3,
                  warmup_steps=100, lr_schedule='cosine', ema_halflife_kimg=20.0, log_every=100,
                  ckpt_every=400)
-  # Autoguidance (Karras et al. 2024) from the run's own weights at step 400 (1/21 of training,
-  # kept for good), weight 0.5, plus classifier-free guidance 1 only at middle noise levels
-  # (logSNR -2..3, Kynkaanniemi et al. 2024). Against CFG 2 there alone (the preset before), on
-  # the same models and noise: emoji grain 0.129 and 0.133 against 0.144 and 0.144 (two seeds),
-  # flatter fills and cleaner white to the eye, FID ratio 1.34 and 1.24 against 1.31 and 1.24,
-  # classes as typical; DawnLike grain 0.161 and 0.155 against 0.164 and 0.161, FID 1.11 and
-  # 0.89 against 1.19 and 1.08 (docs/ablations.md). Guides from later checkpoints (800-3,000 steps) left more grain.
-  # Then the refining pass (samplers.refine): the drawn sprites noised again to logSNR 4 eight
-  # times, denoised and averaged, so the speckle that follows the noise averages away. On the
-  # same models and noise (docs/results.md): grain 6-10% lower on all seven (emoji 0.119 and
-  # 0.122 against 0.129 and 0.133; DawnLike 0.140-0.146 against 0.155-0.161), recall within 0.01
-  # or higher, FID within the seed spread on emoji and OpenMoji and under 1.5x the floor on all three
-  # DawnLike seeds (1.42, 1.24, 1.44 against 1.59, 1.21, 1.62); 7 s more for 320 sprites.
-  # Since then: the first step from logSNR -8, not t = 1 (min-SNR never trains the network at
-  # -20), with classifier-free guidance 2, not 1: on the seven Results models FID lower on all
-  # (emoji 1.17, 1.29 against 1.28, 1.33; DawnLike 1.06, 0.79, 1.02 against 1.18, 0.92, 1.21),
-  # recall within 0.04, grain -0.5% to +5% (docs/ablations.md, "The sampler's first step").
+  # Drawing, each part measured on the same models and noise (README, "What the cpu recipe's
+  # choices bought"; docs/ablations.md): autoguidance 0.5 from the run's own weights at step 400
+  # (Karras et al. 2024; later guides left more grain), classifier-free guidance only at logSNR
+  # -2..3 (Kynkaanniemi et al. 2024), and a refining pass (samplers.refine): the drawn sprites
+  # noised again to logSNR 4 eight times, denoised and averaged, so speckle that follows the noise
+  # averages away (grain 6-10% lower on all seven Results models). The first step starts at
+  # logSNR -8, not t = 1, since min-SNR never trains the network near -20; with guidance 2 there,
+  # FID fell on all seven models.
   c.sample.update(sampler='dpmpp_2m', steps=25, logsnr_start=-8.0, guidance=2.0,
                   guidance_logsnr='-2,3', autoguidance=0.5, guide_step=400, per_class=12,
                   refine_draws=8, refine_logsnr=4.0)
-  # The refining pass by a refiner (runtime/refiner.py): after the last step, a copy of the
-  # weights fine-tuned 250 steps with the l1 norm (the median) at logSNR 3..5 only, about 35 s.
-  # On the same models and noise as refining with the drawing weights: grain 5-8% lower on all
-  # seven Results models (emoji 0.113 and 0.115 against 0.119 and 0.122; DawnLike 0.132-0.138
-  # against 0.140-0.146), recall higher on all, FID lower on DawnLike (1.21, 0.94, 1.27 against
-  # 1.42, 1.24, 1.44) and OpenMoji's seed 0 (1.38 against 1.58), elsewhere within 0.02; colors
-  # within a point. The l2 norm gains most of it, 500 steps no more (docs/ablations.md).
+  # The pass by a refiner (runtime/refiner.py): a copy of the final weights fine-tuned 250 steps
+  # at logSNR 3..5 only (about 35 s), with l1_tv, the median plus a price on speckle: grain 5-8%
+  # lower again on all seven, recall higher (docs/ablations.md, "The refiner").
   c.train.refiner_steps = 250
   c.eval.num_samples = 320  # DPM-Solver++ 25 draws twice DDPM-200's 160 in a quarter of the calls
 
