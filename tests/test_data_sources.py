@@ -96,6 +96,31 @@ def test_augmented_copies_join_their_base_and_distinct_sprites_stay_apart():
   assert train_groups and not train_groups & {s.group for s in built.splits['test']}
 
 
+def test_copies_shifted_around_the_tile_join_their_base_though_it_fills_the_tile():
+  # np.roll carries what leaves one edge to the other: a sprite drawn to the tile's edges (most of
+  # DawnLike's) then has no margin to crop, and the copy must still be found.
+  rng = np.random.default_rng(2)
+  bases = []
+  for _ in range(20):
+    base = np.full((16, 16, 3), 255, np.uint8)
+    mask = rng.random((16, 16)) < 0.5
+    mask[[0, -1], :4] = mask[:4, [0, -1]] = True  # on all four edges
+    mask[rng.integers(16)] = False  # one gap, somewhere inside
+    base[mask] = rng.integers(0, 220, (4, 3))[rng.integers(0, 4, mask.sum())]
+    bases.append(base)
+  sprites = []
+  for b, base in enumerate(bases):
+    copies = [base] + _variants(base, rng, 5) + [np.roll(base, tuple(rng.integers(3, 14, 2)), (0, 1))]
+    sprites += [Sprite(image=v, label=0, group=f'{b:02d}{k}', origin=f'base {b}')
+                for k, v in enumerate(copies)]
+  names = catalog.group_names(sprites)
+  by_base = collections.defaultdict(set)
+  for sprite, name in zip(sprites, names):
+    by_base[sprite.origin].add(name)
+  assert all(len(v) == 1 for v in by_base.values()), 'a copy shifted around the tile was missed'
+  assert len(set(names)) == 20, 'distinct sprites were joined'
+
+
 def test_near_identical_sprites_join_and_duplicates_go():
   rng = np.random.default_rng(1)
   a = _on_white(_rgba_sprite(rng))

@@ -4,8 +4,9 @@ Held-out sprites are only worth judging if no variant of them was trained on, so
 are first joined into groups (connected components) when any of these holds:
   * the source says so (the two animation frames of a DawnLike character, a GIF's frames);
   * their pixels are identical (so dropping a duplicate never hides a link between groups);
-  * they have the same structure up to a shift, a flip and a recoloring (the course's
-    augmented copies of one base sprite: see `structure_key`);
+  * they have the same structure up to a shift (on the background, or around the tile as
+    np.roll does), a flip and a recoloring (augmented copies of one base sprite, as in the
+    course's file: see `structure_key`);
   * their pixels, or one's and the other's mirror image, are nearly equal: mean absolute
     difference <= NEAR_MAD (see `near_pairs`).
 Then exact duplicates are dropped and the split is a pure function of the group name (a
@@ -56,28 +57,52 @@ def _relabel(packed: np.ndarray, background: int) -> bytes:
   return np.asarray(packed.shape, np.uint16).tobytes() + labels.astype(np.uint16).tobytes()
 
 
-def structure_key(image: np.ndarray) -> bytes:
-  """The same for a sprite shifted on its background, flipped (either way) or recolored one-to-one.
+def _background(packed: np.ndarray) -> int:
+  """The color of the most whole rows and columns (a drawing's margins, wherever a shift put them),
+  else the commonest color: the same for every shift of the tile, around it or on its background."""
+  rows, cols = (packed == packed[:, :1]).all(axis=1), (packed == packed[:1]).all(axis=0)
+  lines = np.concatenate([packed[rows, 0], packed[0, cols]])
+  colors, counts_ = np.unique(lines if lines.size else packed, return_counts=True)
+  return int(colors[np.argmax(counts_)])
 
-  The background is the commonest border color (white, or gray after a brightness change); the
-  sprite is cropped to what differs from it, and the smallest fingerprint of its four flips is kept.
-  Recolorings are only forgiven for a small palette (pixel art), where the shapes of the color
-  areas, not the colors, are the drawing.
+
+def _least_turns(profile: np.ndarray) -> list[int]:
+  """The turns k of a ring of numbers that make np.roll(profile, -k) the smallest (in order): the
+  same ring shifted has the same smallest turn, so a cut there does not depend on the shift."""
+  ring = profile.tolist()  # Python sequences compare in order, and fast at this size
+  turns = [ring[k:] + ring[:k] for k in range(len(ring))]
+  smallest = min(turns)
+  return [k for k, turn in enumerate(turns) if turn == smallest]
+
+
+def structure_key(image: np.ndarray) -> bytes:
+  """The same for a sprite shifted on its background or around the tile (np.roll), flipped
+  (either way) or recolored one-to-one.
+
+  The tile is read as a ring each way, turned to where its line-by-line count of drawn pixels is
+  the smallest sequence (which starts with the longest run of background lines: for a sprite with
+  margins, its bottom and top ones joined), and cut to the drawing; the smallest fingerprint of
+  its four flips is kept (and of each turn, where two give the same counts). Recolorings are only
+  forgiven for a small palette (pixel art), where the shapes of the color areas, not the colors,
+  are the drawing.
   """
   packed = _pack(image)
-  border = np.concatenate([packed[0], packed[-1], packed[:, 0], packed[:, -1]])
-  colors, counts_ = np.unique(border, return_counts=True)
-  background = int(colors[np.argmax(counts_)])
-  ys, xs = np.nonzero(packed != background)
-  if len(ys) == 0:
+  background = _background(packed)
+  if (packed == background).all():
     return b'blank'
-  crop = packed[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-  flips = (crop, crop[:, ::-1], crop[::-1], crop[::-1, ::-1])
-  if len(np.unique(crop)) * MIN_PIXELS_PER_COLOUR > len(ys):
+  crops = []
+  for flip in (packed, packed[:, ::-1], packed[::-1], packed[::-1, ::-1]):
+    drawn = flip != background
+    for dy in _least_turns(drawn.sum(axis=1)):
+      for dx in _least_turns(drawn.sum(axis=0)):
+        turned = np.roll(flip, (-dy, -dx), axis=(0, 1))
+        drawn_turned = turned != background  # the background lines all lead: cut them
+        crops.append(turned[drawn_turned.any(1).argmax():, drawn_turned.any(0).argmax():])
+  if len(np.unique(crops[0])) * MIN_PIXELS_PER_COLOUR > (packed != background).sum():
     # Not a small palette (a photo, or anti-aliased art): one-to-one recoloring would make any
     # two images of all-different colors alike, so only shifts and flips are forgiven.
-    return b'rgb' + min(np.asarray(c.shape, np.uint16).tobytes() + c.tobytes() for c in flips)
-  return min(_relabel(c, background) for c in flips)
+    return b'rgb' + min(np.asarray(c.shape, np.uint16).tobytes() + c.tobytes() for c in crops)
+  return min(_relabel(c, background) for c in crops)
 
 
 def _block_means(images: np.ndarray, k: int) -> tuple[np.ndarray, float]:
