@@ -180,8 +180,9 @@ def check_trained_on(workdir: str, train: SpriteData, purpose: str) -> None:
   raise ValueError(
       f'{workdir} was trained on another training split ({recorded.get("train_size")} sprites, '
       f'recorded in {path}) than these data.* settings give ({len(train.images)} sprites): the '
-      f'data folder or data.* changed, so {purpose}. Use the data and data.* settings that trained '
-      'it, or another --workdir. Nothing in the workdir was changed.')
+      f'data folder or data.* changed (or, after an update of this code, how it groups variants: '
+      f'dataset version {tfds_builder.Sprites.VERSION} now), so {purpose}. Use the data and '
+      'data.* settings that trained it, or another --workdir. Nothing in the workdir was changed.')
 
 
 def recorded_class_names(data_cfg, workdir: str) -> tuple[str, ...]:
