@@ -121,6 +121,19 @@ def test_copies_shifted_around_the_tile_join_their_base_though_it_fills_the_tile
   assert len(set(names)) == 20, 'distinct sprites were joined'
 
 
+def test_a_recoloring_that_swaps_two_tied_colors_keeps_the_structure():
+  # No whole line of one color, and two drawn colors tied for the commonest: which of them is
+  # taken as the background must not follow the colors' values, which a recoloring swaps.
+  rng = np.random.default_rng(3)
+  a = np.full((16, 16, 3), 255, np.uint8)
+  order = rng.permutation(256)
+  a.reshape(-1, 3)[order[:94]], a.reshape(-1, 3)[order[94:188]] = (10, 20, 30), (200, 100, 50)
+  swapped = a.copy()
+  swapped[(a == (10, 20, 30)).all(-1)], swapped[(a == (200, 100, 50)).all(-1)] = (200, 100, 50), (10, 20, 30)
+  assert catalog.structure_key(swapped) == catalog.structure_key(a)
+  assert catalog.structure_key(np.roll(swapped, (3, 5), (0, 1))[:, ::-1]) == catalog.structure_key(a)
+
+
 def test_near_identical_sprites_join_and_duplicates_go():
   rng = np.random.default_rng(1)
   a = _on_white(_rgba_sprite(rng))

@@ -137,7 +137,9 @@ class Sprites(tfds.core.GeneratorBasedBuilder):
   """Sprites, RGB on white, with a class label, a group id (split by group) and their origin."""
   VERSION = tfds.core.Version('1.4.0')
   RELEASE_NOTES = {'1.4.0': 'Copies shifted around the tile (np.roll) are grouped with their base '
-                            'too, also where the sprite reaches the tile\'s edges.',
+                            'too, also where the sprite reaches the tile\'s edges; a recolored '
+                            'copy\'s background is the color of the most whole lines, not of the '
+                            'border (a folder of tiles without margins may group anew).',
                    '1.3.0': 'Folder sprites drawn larger than image_size are area-resized, not '
                             'decimated (only enlarged ones shrink by nearest neighbour).',
                    '1.2.0': 'Near-identical variants are also found across a horizontal flip.',

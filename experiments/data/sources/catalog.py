@@ -57,13 +57,14 @@ def _relabel(packed: np.ndarray, background: int) -> bytes:
   return np.asarray(packed.shape, np.uint16).tobytes() + labels.astype(np.uint16).tobytes()
 
 
-def _background(packed: np.ndarray) -> int:
-  """The color of the most whole rows and columns (a drawing's margins, wherever a shift put them),
-  else the commonest color: the same for every shift of the tile, around it or on its background."""
+def _backgrounds(packed: np.ndarray) -> np.ndarray:
+  """The colors that fill the most whole rows and columns (a drawing's margins, wherever a shift
+  put them), else the commonest colors: usually one, more on a tie (each is tried, since which
+  color a tie favors must not depend on the colors' values, which a recoloring changes)."""
   rows, cols = (packed == packed[:, :1]).all(axis=1), (packed == packed[:1]).all(axis=0)
   lines = np.concatenate([packed[rows, 0], packed[0, cols]])
   colors, counts_ = np.unique(lines if lines.size else packed, return_counts=True)
-  return int(colors[np.argmax(counts_)])
+  return colors[counts_ == counts_.max()]
 
 
 def _least_turns(profile: np.ndarray) -> list[int]:
@@ -75,34 +76,42 @@ def _least_turns(profile: np.ndarray) -> list[int]:
   return [k for k, turn in enumerate(turns) if turn == smallest]
 
 
+def _key_on(packed: np.ndarray, background: int) -> bytes:
+  """structure_key with this background color."""
+  drawn = packed != background
+  if not drawn.any():
+    return b'blank'
+  crops = {}  # by their bytes: a periodic drawing turns into the same crop many times
+  for flip in (packed, packed[:, ::-1], packed[::-1], packed[::-1, ::-1]):
+    flip_drawn = flip != background
+    for dy in _least_turns(flip_drawn.sum(axis=1)):
+      for dx in _least_turns(flip_drawn.sum(axis=0)):
+        turned = np.roll(flip, (-dy, -dx), axis=(0, 1))
+        turned_drawn = turned != background  # the cut background lines now all lead: drop them
+        crop = turned[turned_drawn.any(1).argmax():, turned_drawn.any(0).argmax():]
+        crops.setdefault(np.asarray(crop.shape, np.uint16).tobytes() + crop.tobytes(), crop)
+  first = next(iter(crops.values()))  # all hold the same colors: the same lines, turned
+  if len(np.unique(first)) * MIN_PIXELS_PER_COLOUR > drawn.sum():
+    # Not a small palette (a photo, or anti-aliased art): one-to-one recoloring would make any
+    # two images of all-different colors alike, so only shifts and flips are forgiven.
+    return b'rgb' + min(crops)
+  return min(_relabel(c, background) for c in crops.values())
+
+
 def structure_key(image: np.ndarray) -> bytes:
   """The same for a sprite shifted on its background or around the tile (np.roll), flipped
   (either way) or recolored one-to-one.
 
-  The tile is read as a ring each way, turned to where its line-by-line count of drawn pixels is
-  the smallest sequence (which starts with the longest run of background lines: for a sprite with
-  margins, its bottom and top ones joined), and cut to the drawing; the smallest fingerprint of
-  its four flips is kept (and of each turn, where two give the same counts). Recolorings are only
+  The tile is read as a ring each way and turned to where its line-by-line count of drawn pixels
+  is the smallest sequence, which starts with its longest run of background lines (for a sprite
+  with margins, usually its bottom and top ones joined; or a gap inside it that is longer), and
+  those lines are cut. The smallest fingerprint of its four flips is kept (and of each turn, where
+  two give the same counts, and each background, where two colors tie). Recolorings are only
   forgiven for a small palette (pixel art), where the shapes of the color areas, not the colors,
   are the drawing.
   """
   packed = _pack(image)
-  background = _background(packed)
-  if (packed == background).all():
-    return b'blank'
-  crops = []
-  for flip in (packed, packed[:, ::-1], packed[::-1], packed[::-1, ::-1]):
-    drawn = flip != background
-    for dy in _least_turns(drawn.sum(axis=1)):
-      for dx in _least_turns(drawn.sum(axis=0)):
-        turned = np.roll(flip, (-dy, -dx), axis=(0, 1))
-        drawn_turned = turned != background  # the background lines all lead: cut them
-        crops.append(turned[drawn_turned.any(1).argmax():, drawn_turned.any(0).argmax():])
-  if len(np.unique(crops[0])) * MIN_PIXELS_PER_COLOUR > (packed != background).sum():
-    # Not a small palette (a photo, or anti-aliased art): one-to-one recoloring would make any
-    # two images of all-different colors alike, so only shifts and flips are forgiven.
-    return b'rgb' + min(np.asarray(c.shape, np.uint16).tobytes() + c.tobytes() for c in crops)
-  return min(_relabel(c, background) for c in crops)
+  return min(_key_on(packed, int(background)) for background in _backgrounds(packed))
 
 
 def _block_means(images: np.ndarray, k: int) -> tuple[np.ndarray, float]:
