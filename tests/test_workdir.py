@@ -332,6 +332,11 @@ def test_another_training_split_is_refused_for_resuming_and_evaluating(tmp_path,
   with pytest.raises(ValueError, match='another training split.*held-out sprites may include'):
     evaluate.run(config, workdir)
   assert _records(workdir) == before and not os.path.exists(os.path.join(workdir, 'eval'))
+  older = dict(dataset.record(fewer), dataset_version='1.3.0')  # a split by an older grouping
+  with open(os.path.join(workdir, 'data.json'), 'w') as f:
+    json.dump(older, f)
+  with pytest.raises(ValueError, match=r'groups variants anew \(dataset version 1\.3\.0 then'):
+    evaluate.run(config, workdir)
   with open(os.path.join(workdir, 'data.json'), 'w') as f:
     json.dump(recorded, f)
   dataset.check_trained_on(workdir, train_set, 'unused')  # the same split passes

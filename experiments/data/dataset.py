@@ -162,7 +162,7 @@ def digest(data: SpriteData) -> str:
 def record(data: SpriteData) -> dict:
   """What <workdir>/data.json records of the training split."""
   return {'class_names': list(data.class_names), 'train_size': len(data.images),
-          'train_digest': digest(data)}
+          'train_digest': digest(data), 'dataset_version': str(tfds_builder.Sprites.VERSION)}
 
 
 def check_trained_on(workdir: str, train: SpriteData, purpose: str) -> None:
@@ -177,12 +177,20 @@ def check_trained_on(workdir: str, train: SpriteData, purpose: str) -> None:
     recorded = json.load(f)
   if recorded.get('train_digest') in (None, digest(train)):
     return
+  then, now = recorded.get('dataset_version'), str(tfds_builder.Sprites.VERSION)
+  if then == now:
+    cause = 'the data folder or data.* changed'
+  elif then:  # the split is a function of the code's grouping too (the builder's release notes)
+    cause = (f'this code groups variants anew (dataset version {then} then, {now} now; the data '
+             'folder or data.* may have changed as well)')
+  else:  # recorded before the version was
+    cause = ('the data folder or data.* changed (or, after an update of this code, how it groups '
+             f'variants: dataset version {now} now)')
   raise ValueError(
       f'{workdir} was trained on another training split ({recorded.get("train_size")} sprites, '
-      f'recorded in {path}) than these data.* settings give ({len(train.images)} sprites): the '
-      f'data folder or data.* changed (or, after an update of this code, how it groups variants: '
-      f'dataset version {tfds_builder.Sprites.VERSION} now), so {purpose}. Use the data and '
-      'data.* settings that trained it, or another --workdir. Nothing in the workdir was changed.')
+      f'recorded in {path}) than these data.* settings give ({len(train.images)} sprites): '
+      f'{cause}, so {purpose}. Use the data and data.* settings that trained it (and the code, '
+      'for an older dataset version), or another --workdir. Nothing in the workdir was changed.')
 
 
 def recorded_class_names(data_cfg, workdir: str) -> tuple[str, ...]:
