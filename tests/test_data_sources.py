@@ -78,6 +78,14 @@ def _variants(base_rgb: np.ndarray, rng, n: int) -> list[np.ndarray]:
   return out
 
 
+def _groups_per_base(sprites, names) -> list[set]:
+  """For each base sprite (its `origin`), the group names its copies were given."""
+  by_base = collections.defaultdict(set)
+  for sprite, name in zip(sprites, names):
+    by_base[sprite.origin].add(name)
+  return list(by_base.values())
+
+
 def test_augmented_copies_join_their_base_and_distinct_sprites_stay_apart():
   rng = np.random.default_rng(0)
   sprites = []
@@ -86,10 +94,8 @@ def test_augmented_copies_join_their_base_and_distinct_sprites_stay_apart():
     for k, image in enumerate([base_rgb] + _variants(base_rgb, rng, 11)):
       sprites.append(Sprite(image=image, label=b % 3, group=f'{b * 12 + k:04d}', origin=f'base {b}'))
   names = catalog.group_names(sprites)
-  by_base = collections.defaultdict(set)
-  for sprite, name in zip(sprites, names):
-    by_base[sprite.origin].add(name)
-  assert all(len(v) == 1 for v in by_base.values()), 'a copy was not grouped with its base'
+  assert all(len(v) == 1 for v in _groups_per_base(sprites, names)), \
+      'a copy was not grouped with its base'
   assert len(set(names)) == 30, 'distinct sprites were joined'
   built = catalog.prepare(sprites, 0.2)
   train_groups = {s.group for s in built.splits['train']}
@@ -114,10 +120,8 @@ def test_copies_shifted_around_the_tile_join_their_base_though_it_fills_the_tile
     sprites += [Sprite(image=v, label=0, group=f'{b:02d}{k}', origin=f'base {b}')
                 for k, v in enumerate(copies)]
   names = catalog.group_names(sprites)
-  by_base = collections.defaultdict(set)
-  for sprite, name in zip(sprites, names):
-    by_base[sprite.origin].add(name)
-  assert all(len(v) == 1 for v in by_base.values()), 'a copy shifted around the tile was missed'
+  assert all(len(v) == 1 for v in _groups_per_base(sprites, names)), \
+      'a copy shifted around the tile was missed'
   assert len(set(names)) == 20, 'distinct sprites were joined'
 
 
@@ -129,7 +133,8 @@ def test_a_recoloring_that_swaps_two_tied_colors_keeps_the_structure():
   order = rng.permutation(256)
   a.reshape(-1, 3)[order[:94]], a.reshape(-1, 3)[order[94:188]] = (10, 20, 30), (200, 100, 50)
   swapped = a.copy()
-  swapped[(a == (10, 20, 30)).all(-1)], swapped[(a == (200, 100, 50)).all(-1)] = (200, 100, 50), (10, 20, 30)
+  first, second = (a == (10, 20, 30)).all(-1), (a == (200, 100, 50)).all(-1)
+  swapped[first], swapped[second] = (200, 100, 50), (10, 20, 30)
   assert catalog.structure_key(swapped) == catalog.structure_key(a)
   assert catalog.structure_key(np.roll(swapped, (3, 5), (0, 1))[:, ::-1]) == catalog.structure_key(a)
 
