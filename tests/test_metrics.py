@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from experiments.data import palette
 from experiments.quality import colors, grain, metrics
 from experiments.quality import report as quality_report
+from experiments.sample import snap_to_palette
 
 
 def _gaussian(rng, n, d, shift=0.0, scale=1.0):
@@ -296,3 +298,27 @@ def _verdict_base():
   return {'fid': {'ratio': 1.0}, 'recall': {'samples': 0.8, 'floor': 0.8},
           'conditional_accuracy': {'samples': None}, 'feature_net': {'test_accuracy': None},
           'memorization': {'samples': copies, 'real_heldout': copies}}
+
+
+def test_the_palette_snap_keeps_a_small_palette_and_moves_each_pixel_to_its_nearest_color():
+  rng = np.random.default_rng(2)
+  pixels = rng.integers(0, 256, (3000, 3), dtype=np.uint8)
+  pixels = np.concatenate([pixels, pixels[:1000], pixels[:1, ::-1]])  # repeats, and one reversed
+  np.testing.assert_array_equal(palette.distinct(pixels), np.unique(pixels, axis=0))
+  inks = rng.integers(0, 256, (9, 3), dtype=np.uint8)
+  def brute_nearest(x, colors):
+    d = (x.reshape(-1, 1, 3).astype(float) - colors[None].astype(float)) ** 2
+    return np.argmin(d.sum(-1), axis=1)
+  brute = brute_nearest(pixels, inks)
+  np.testing.assert_array_equal(palette.nearest(pixels, inks), brute)  # matched per distinct color
+  np.testing.assert_array_equal(palette.nearest(pixels.astype(float), inks), brute)
+  sprites = inks[rng.integers(0, 9, (40, 8, 8))]
+  np.testing.assert_array_equal(palette.fit(sprites, 16), np.unique(inks, axis=0))  # all, as few
+  np.testing.assert_array_equal(snap_to_palette(sprites, sprites, 16), sprites)  # already on it
+  drawn = np.clip(sprites.astype(int) + rng.integers(-6, 7, sprites.shape), 0, 255).astype(np.uint8)
+  snapped = snap_to_palette(drawn, sprites, 16)
+  np.testing.assert_array_equal(snapped.reshape(-1, 3), inks[brute_nearest(drawn, inks)])
+  fewer = palette.fit(drawn, 4)  # k-means: at most k colors
+  assert 1 <= len(fewer) <= 4 and fewer.dtype == np.uint8
+  assert len(palette.distinct(snap_to_palette(drawn, drawn, 4).reshape(-1, 3))) <= 4
+  assert snap_to_palette(drawn, sprites, 0) is drawn  # 0: off

@@ -22,8 +22,32 @@ def median_cut(pixels: np.ndarray, k: int) -> np.ndarray:
   return np.stack([b.mean(axis=0) for b in boxes])
 
 
+def _packed(pixels: np.ndarray) -> np.ndarray:
+  """uint32 [M]: each uint8 RGB pixel [M, 3] as one number, ordered as its (r, g, b)."""
+  p = pixels.astype(np.uint32)
+  return (p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2]
+
+
+def _unpacked(packed: np.ndarray) -> np.ndarray:
+  return np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
+
+
+def distinct(pixels: np.ndarray) -> np.ndarray:
+  """The distinct colors ([K, 3], sorted) of pixels [M, 3]: np.unique(axis=0)'s answer, for uint8
+  from one sort of numbers instead of rows (about 10 s to 1.5 on a course-sized set's 19M pixels)."""
+  if pixels.dtype != np.uint8:
+    return np.unique(pixels, axis=0)
+  return _unpacked(np.unique(_packed(pixels)))
+
+
 def nearest(pixels: np.ndarray, colors: np.ndarray, chunk: int = 16_384) -> np.ndarray:
-  """Index [M] of each pixel's nearest color (Euclidean in RGB), in chunks of pixels."""
+  """Index [M] of each pixel's nearest color (Euclidean in RGB), in chunks of pixels.
+
+  uint8 pixels are matched once per distinct color: a sprite set repeats a few thousand colors
+  over millions of pixels."""
+  if pixels.dtype == np.uint8 and len(pixels):
+    keys, inverse = np.unique(_packed(pixels), return_inverse=True)
+    return nearest(_unpacked(keys).astype(np.float64), colors, chunk)[inverse.ravel()]
   pixels, colors = pixels.astype(np.float64), colors.astype(np.float64)
   return np.concatenate([
       np.argmin(((pixels[i:i + chunk, None, :] - colors[None]) ** 2).sum(-1), axis=1)
@@ -44,7 +68,7 @@ def kmeans(pixels: np.ndarray, k: int, iterations: int = 10) -> np.ndarray:
 def fit(images: np.ndarray, k: int) -> np.ndarray:
   """The colors of uint8 sprites [N, S, S, 3]: all of them if there are at most k, else k-means."""
   pixels = images.reshape(-1, 3)
-  colors = np.unique(pixels, axis=0)
+  colors = distinct(pixels)
   if len(colors) <= k:
     return colors
   return kmeans(pixels[::max(1, len(pixels) // FIT_PIXELS)], k)
