@@ -162,8 +162,8 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
             block: int, near_copy: float) -> tuple[dict, dict]:
   """Every metric of the report, and the samples' nearest-neighbor arrays (for the picture)."""
   sample_f, sample_pred = (np.asarray(a) for a in features.embed(net, images, block))
-  ref_f = np.asarray(features.embed(net, ref.images, block)[0])
   held_f, held_pred = (np.asarray(a) for a in features.embed(net, heldout.images, block))
+  ref_f = held_f if ref is heldout else np.asarray(features.embed(net, ref.images, block)[0])
   train_f = features.embed(net, np.asarray(metrics.with_mirrors(train.images)), block)[0]
   report = floor.distribution_metrics(sample_f, ref_f, ref.groups, knn=knn, repeats=repeats,
                                       seed=seed, block=block)
@@ -172,7 +172,9 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
   report['grain'] = grain.report(images, heldout.images)
   report['colors'] = colors.report(images, heldout.images, train.images)
   near = audit.nearest_training(images, sample_f, train.images, train_f, block)
-  near_held = audit.nearest_training(heldout.images, held_f, train.images, train_f, block)
+  rows = audit.baseline_rows(len(heldout.images))
+  near_held = audit.nearest_training(np.asarray(heldout.images)[rows], held_f[rows], train.images,
+                                     train_f, block)
   report['memorization'] = audit.report(near, near_held, len(train.images), near_copy)
   return report, near
 

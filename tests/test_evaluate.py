@@ -15,7 +15,8 @@ from configs import sprites
 from diffusion import schedules
 from experiments import evaluate, from_config, train
 from experiments.data import dataset
-from experiments.quality import colors, cross_validate, feature_cache, features, floor as floor_lib
+from experiments.quality import audit, colors, cross_validate, feature_cache, features
+from experiments.quality import floor as floor_lib
 from experiments.quality import grain
 from experiments.quality import noise_left
 from experiments.quality import report as quality_report
@@ -60,7 +61,13 @@ def test_training_ends_with_an_eval_that_writes_every_output(tmp_path, data_dir)
   assert report['colors'] == colors.report(again['images'], real['test'], real['train'])
 
 
-def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir):
+def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_path, data_dir,
+                                                                          monkeypatch):
+  monkeypatch.setattr(audit, 'BASELINE_SPRITES', 40)  # a test split larger than the baseline
+  rows = audit.baseline_rows(100)
+  assert len(set(rows)) == 40 and list(rows) == sorted(rows)
+  np.testing.assert_array_equal(rows, audit.baseline_rows(100))  # the same ones every time
+  assert list(audit.baseline_rows(40)) == list(range(40))
   config = _eval_config(data_dir)
   real = dataset.load(config.data, 'train')
   copies = np.concatenate([real.images[:100], real.images[100:200, :, ::-1]])  # half mirrored
@@ -73,6 +80,7 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
   # Symmetric sprites match either way round, so about half, not exactly.
   assert samples['mirrored_share'] == pytest.approx(0.5, abs=0.05)
   assert heldout['exact_copy_rate'] == 0.0 and heldout['near_copy_rate'] < 0.05
+  assert heldout['count'] == 40 < len(dataset.load(config.data, 'test').images)
   assert report['memorization']['pixel_closer_than_heldout_p5'] == 1.0
   assert 'drawing its training sprites back' in ' '.join(quality_report.verdict(report))
   assert os.path.exists(str(tmp_path / 'eval' / 'eval' / 'copies_file_nearest.png'))
@@ -140,6 +148,7 @@ def test_the_feature_network_is_deterministic_and_cached(tmp_path, data_dir, ver
   first = feature_cache.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   again = feature_cache.load_or_train(folder, real, test, dataset_name='sprites_x', recipe=recipe)
   assert again.info == first.info and 0 <= first.info['test_accuracy'] <= 1
+  assert first.info['train_accuracy'] == features.class_accuracy(first, real.images, real.labels)
   assert first.info['batch_size'] == 8 and first.info['width'] == 32
   assert first.info['pool'] == 'mean_max' and first.info['version'] == version
   assert f'-v{version}-' in folder and first.norm == again.norm == (version == 3)
