@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 
 from experiments.data import palette
-from experiments.quality import colors, grain, metrics
+from experiments.quality import audit, colors, grain, metrics
 from experiments.quality import report as quality_report
 from experiments.sample import snap_to_palette
 
@@ -305,6 +305,8 @@ def test_the_palette_snap_keeps_a_small_palette_and_moves_each_pixel_to_its_near
   pixels = rng.integers(0, 256, (3000, 3), dtype=np.uint8)
   pixels = np.concatenate([pixels, pixels[:1000], pixels[:1, ::-1]])  # repeats, and one reversed
   np.testing.assert_array_equal(palette.distinct(pixels), np.unique(pixels, axis=0))
+  none = np.zeros((0, 3), np.uint8)
+  assert palette.distinct(none).shape == (0, 3) and palette.nearest(none, pixels[:2]).shape == (0,)
   inks = rng.integers(0, 256, (9, 3), dtype=np.uint8)
   def brute_nearest(x, colors):
     d = (x.reshape(-1, 1, 3).astype(float) - colors[None].astype(float)) ** 2
@@ -322,3 +324,12 @@ def test_the_palette_snap_keeps_a_small_palette_and_moves_each_pixel_to_its_near
   assert 1 <= len(fewer) <= 4 and fewer.dtype == np.uint8
   assert len(palette.distinct(snap_to_palette(drawn, drawn, 4).reshape(-1, 3))) <= 4
   assert snap_to_palette(drawn, sprites, 0) is drawn  # 0: off
+
+
+def test_the_audit_baseline_is_every_held_out_sprite_or_the_same_fixed_share_of_many():
+  small, large = audit.BASELINE_SPRITES, 5 * audit.BASELINE_SPRITES
+  np.testing.assert_array_equal(audit.baseline_rows(small), np.arange(small))
+  rows = audit.baseline_rows(large)
+  assert len(np.unique(rows)) == small and (np.diff(rows) > 0).all() and rows[-1] < large
+  assert rows[-1] > 4 * small and rows[0] < small  # drawn over the whole split, not its start
+  np.testing.assert_array_equal(rows, audit.baseline_rows(large))  # the same every time
