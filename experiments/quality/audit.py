@@ -15,8 +15,8 @@ PERCENTILES = (0, 1, 5, 25, 50, 75, 95)
 # Held-out sprites the baseline is measured on: all of a smaller test split (emoji and OpenMoji
 # 162, DawnLike 222), a fixed 2,000 of a larger one. On a course-sized stand-in (docs/results.md),
 # matching all 9,459 of its test sprites to 150,242 training sprites and mirrors took 37 s on 2
-# cores; the pixel p5 of the fixed 2,000 is 9.43 against all 9,459's 9.47 (over 30 other draws of
-# 2,000: 9.51 on average, standard deviation 0.32, about 3%).
+# cores; the pixel p5 of the fixed 2,000 is 9.43 against all 9,459's 9.47 (over 30 draws of 2,000,
+# seeds 0-29: 9.51 on average, standard deviation 0.32, about 3%).
 BASELINE_SPRITES = 2_000
 
 
