@@ -173,8 +173,8 @@ def measure(images, labels, train, ref, heldout, net, *, knn: int, repeats: int,
   report['colors'] = colors.report(images, heldout.images, train.images)
   near = audit.nearest_training(images, sample_f, train.images, train_f, block)
   rows = audit.baseline_rows(len(heldout.images))
-  near_held = audit.nearest_training(np.asarray(heldout.images)[rows], held_f[rows], train.images,
-                                     train_f, block)
+  near_held = audit.nearest_training(heldout.images[rows], held_f[rows], train.images, train_f,
+                                     block)
   report['memorization'] = audit.report(near, near_held, len(train.images), near_copy)
   return report, near
 

@@ -22,14 +22,14 @@ def median_cut(pixels: np.ndarray, k: int) -> np.ndarray:
   return np.stack([b.mean(axis=0) for b in boxes])
 
 
-def _packed(pixels: np.ndarray) -> np.ndarray:
-  """uint32 [M]: each uint8 RGB pixel [M, 3] as one number, ordered as its (r, g, b)."""
-  r, g, b = (pixels[:, c].astype(np.uint32) for c in range(3))
+def pack(pixels: np.ndarray) -> np.ndarray:
+  """int32 [...]: each uint8 RGB pixel [..., 3] as one number, ordered as its (r, g, b)."""
+  r, g, b = (pixels[..., c].astype(np.int32) for c in range(3))
   return (r << 16) | (g << 8) | b
 
 
 def _unpacked(packed: np.ndarray) -> np.ndarray:
-  """uint8 [M, 3]: the pixels of _packed's numbers."""
+  """uint8 [M, 3]: the pixels of pack's numbers [M]."""
   return np.stack([packed >> 16, (packed >> 8) & 255, packed & 255], axis=1).astype(np.uint8)
 
 
@@ -40,7 +40,7 @@ def distinct(pixels: np.ndarray) -> np.ndarray:
   down to 1.5 on the 19M pixels of a course-sized training split."""
   if pixels.dtype != np.uint8:
     return np.unique(pixels, axis=0)
-  return _unpacked(np.unique(_packed(pixels)))
+  return _unpacked(np.unique(pack(pixels)))
 
 
 def nearest(pixels: np.ndarray, colors: np.ndarray, chunk: int = 16_384) -> np.ndarray:
@@ -49,7 +49,7 @@ def nearest(pixels: np.ndarray, colors: np.ndarray, chunk: int = 16_384) -> np.n
   uint8 pixels are matched once per distinct color: a sprite set repeats a few thousand colors
   over millions of pixels."""
   if pixels.dtype == np.uint8 and len(pixels):
-    keys, inverse = np.unique(_packed(pixels), return_inverse=True)
+    keys, inverse = np.unique(pack(pixels), return_inverse=True)
     return nearest(_unpacked(keys).astype(np.float64), colors, chunk)[inverse]
   pixels, colors = pixels.astype(np.float64), colors.astype(np.float64)
   return np.concatenate([

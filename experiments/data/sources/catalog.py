@@ -20,6 +20,7 @@ from typing import Iterable
 import numpy as np
 from scipy import sparse, spatial
 
+from experiments.data import palette
 from experiments.data.sources.images import Sprite
 
 MIN_PIXELS_PER_COLOUR = 4  # below this, a sprite's colors carry its content: see `structure_key`
@@ -37,12 +38,6 @@ def deduplicate(sprites: Iterable[Sprite]) -> tuple[list[Sprite], int]:
     seen.add(key)
     kept.append(sprite)
   return kept, dropped
-
-
-def _pack(image: np.ndarray) -> np.ndarray:
-  """uint8 [H, W, 3] -> int32 [H, W], one number per color."""
-  rgb = image.astype(np.int32)
-  return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
 def _relabel(packed: np.ndarray, background: int) -> bytes:
@@ -110,7 +105,7 @@ def structure_key(image: np.ndarray) -> bytes:
   forgiven for a small palette (pixel art), where the shapes of the color areas, not the colors,
   are the drawing.
   """
-  packed = _pack(image)
+  packed = palette.pack(image)
   return min(_key_on(packed, int(background)) for background in _backgrounds(packed))
 
 
