@@ -185,6 +185,16 @@ def feature_recipe(eval_cfg) -> features.Recipe:
                          width=eval_cfg.feature_width, version=eval_cfg.feature_version)
 
 
+def feature_net(config, train, heldout) -> features.FeatureNet:
+  """The feature network eval.* asks for, cached per dataset name and version (trained once)."""
+  b = dataset.builder(config.data)
+  name_version = f'{b.builder_config.name}-{b.version}'
+  recipe = feature_recipe(config.eval)
+  return feature_cache.load_or_train(
+      feature_cache.cache_dir(config.data.data_dir, name_version, recipe), train, heldout,
+      dataset_name=name_version, recipe=recipe)
+
+
 def run(config, workdir: str, *, params=None, step: int | None = None,
         class_names: tuple[str, ...] | None = None) -> dict | None:
   """Evaluate the latest checkpoint (or `params`, or eval.samples); returns what eval.json holds
@@ -208,12 +218,7 @@ def run(config, workdir: str, *, params=None, step: int | None = None,
     hosts.barrier('evaluation written')
     return None
   with hosts.then_barrier('evaluation written'):  # reached even if process 0 fails on the way
-    b = dataset.builder(config.data)  # the feature net is cached per dataset name and version
-    name_version = f'{b.builder_config.name}-{b.version}'
-    recipe = feature_recipe(eval_cfg)
-    net = feature_cache.load_or_train(
-        feature_cache.cache_dir(config.data.data_dir, name_version, recipe), train, heldout,
-        dataset_name=name_version, recipe=recipe)
+    net = feature_net(config, train, heldout)
     trained = time.perf_counter()
     report, near = measure(images, labels, train, ref, heldout, net, knn=eval_cfg.knn,
                            repeats=eval_cfg.repeats, seed=eval_cfg.seed, block=eval_cfg.batch_size,

@@ -80,10 +80,7 @@ def test_copied_training_sprites_are_all_copies_and_held_out_ones_are_not(tmp_pa
   assert heldout['count'] == 40 < len(test.images)
   # The baseline's features are those of the same 40 sprites: recomputed here from scratch.
   rows, block = audit.baseline_rows(len(test.images)), config.eval.batch_size
-  b = dataset.builder(config.data)
-  name, recipe = f'{b.builder_config.name}-{b.version}', evaluate.feature_recipe(config.eval)
-  net = feature_cache.load_or_train(feature_cache.cache_dir(config.data.data_dir, name, recipe),
-                                    real, test, dataset_name=name, recipe=recipe)
+  net = evaluate.feature_net(config, real, test)
   train_f = features.embed(net, np.asarray(metrics.with_mirrors(real.images)), block)[0]
   own = audit.nearest_training(test.images[rows], features.embed(net, test.images[rows], block)[0],
                                real.images, train_f, block)
