@@ -205,7 +205,7 @@ def _train_loop(config, workdir, state, data, model, tx, mngr, mesh, stop):
     state, metrics = step_fn(state, images, labels, key)
     window.add(metrics)
     before, step = step, step + per_dispatch
-    done, stopping = step >= total, stop.requested(step)
+    done, stopping = step >= total, stop.requested()
     draw, judge = (crossed(before, step, n) and not done
                    for n in (train_cfg.sample_every, train_cfg.eval_every))
     log, save = (crossed(before, step, n) or done for n in (train_cfg.log_every, train_cfg.ckpt_every))

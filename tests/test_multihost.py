@@ -187,6 +187,44 @@ def test_process_0_alone_builds_the_dataset(runs):
   assert ['Built sprites/' in text for text in runs['out']['two']] == [True, False]
 
 
+def test_sigterm_to_one_process_stops_both_at_one_saved_step_with_several_steps_per_dispatch(
+    tmp_path):
+  """JAX's preemption sync point is reached when a process reports exactly the largest count
+  seen plus one: counting training steps, which grow by steps_per_dispatch (10 on accelerators),
+  stepped over it, and a multi-host run never saved on SIGTERM."""
+  workdir = str(tmp_path / 'run')
+  config = {**OVERRIDES, 'data.data_dir': str(tmp_path / 'data'), 'runtime.cpu_devices': 2,
+            'train.steps': 100_000, 'train.steps_per_dispatch': 2, 'train.ckpt_every': 100_000}
+  argv = [sys.executable, 'launch.py', '--config=configs/sprites.py:smoke', f'--workdir={workdir}',
+          '--multihost', f'--coordinator_address=127.0.0.1:{_free_port()}']
+  argv += [f'--config.{k}={v}' for k, v in config.items()]
+  logs = [tempfile.TemporaryFile('w+') for _ in range(2)]
+  procs = [subprocess.Popen(argv, env=_env({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}),
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+           for i, log in enumerate(logs)]
+  metrics, deadline = os.path.join(workdir, 'metrics.jsonl'), time.monotonic() + TIMEOUT_S
+  try:
+    while not (os.path.exists(metrics) and open(metrics).read().count('\n') >= 2):
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), 'no step logged'
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # the notice reaches one process; both must stop
+    deadline = time.monotonic() + 120
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+      time.sleep(0.1)
+  finally:
+    _stop(procs)
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+  assert [p.returncode for p in procs] == [0, 0], '\n'.join(text[-3000:] for text in outputs)
+  logged = [json.loads(line)['step'] for line in open(metrics)]
+  saved = checkpoints.manager(workdir, 1, create=False).latest_step()
+  assert saved == logged[-1] and saved % 2 == 0 and saved < 100_000
+  for text in outputs:
+    assert f'Stopped by SIGTERM (preemption notice) at step {saved}' in text
+
+
 def test_cluster_values_come_from_flags_then_the_environment():
   env = {'JAX_COORDINATOR_ADDRESS': 'h:1', 'JAX_NUM_PROCESSES': '4', 'JAX_PROCESS_ID': '3'}
   assert hosts.cluster(False, {}, env) is None

@@ -95,9 +95,9 @@ def test_a_second_signal_gets_the_previous_handler_back():
   signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test installed
   try:
     with preemption.StopOnSignal() as stop:
-      assert not stop.requested(1)
+      assert not stop.requested()
       os.kill(os.getpid(), signal.SIGINT)
-      assert stop.requested(2) and stop.received == 'SIGINT'
+      assert stop.requested() and stop.received == 'SIGINT'
       with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]

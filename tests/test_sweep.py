@@ -224,8 +224,9 @@ def test_points_that_would_share_an_evaluation_file_are_refused(data_dir):
 
 
 class _StopAtStep2:
-  """preemption.StopOnSignal as if SIGTERM arrived during the dispatch that ends at step 2."""
+  """preemption.StopOnSignal as if SIGTERM arrived during the second dispatch (of one step)."""
   received = None
+  calls = 0
 
   def __enter__(self):
     return self
@@ -233,8 +234,9 @@ class _StopAtStep2:
   def __exit__(self, *exc_info):
     return False
 
-  def requested(self, step):
-    if step >= 2:
+  def requested(self):
+    self.calls += 1
+    if self.calls >= 2:
       self.received = 'SIGTERM'
     return self.received is not None
 

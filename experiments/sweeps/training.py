@@ -155,7 +155,7 @@ def _loop(configs, workdirs, states, data, model, mngrs, mesh, stop) -> list:
       stacked, metrics = step_fn(stacked, images, labels, keys, settings)
       window.add(metrics)
       before, step = step, step + per_dispatch
-      done, stopping = step >= cfg.steps, stop.requested(step)
+      done, stopping = step >= cfg.steps, stop.requested()
       draw = not done and any(train.crossed(before, step, n) for c in configs
                               for n in (c.train.sample_every, c.train.eval_every))
       log, save = (train.crossed(before, step, n) or done for n in (cfg.log_every, cfg.ckpt_every))
