@@ -6,7 +6,6 @@ checkpoints of this model and these classes, not past train.steps). config.json 
 written only then. SIGTERM or SIGINT saves a checkpoint at the current step and ends the run
 normally; running the same command again resumes it.
 """
-import json
 import math
 import os
 import shlex
@@ -170,10 +169,9 @@ def check_guide_kept(config, step: int, mngr) -> None:
 def _check_recorded_classes(workdir: str, class_names, trained: bool) -> None:
   """A workdir with checkpoints keeps the classes its data.json records (labels index them)."""
   path = os.path.join(workdir, 'data.json')
-  if not trained or not os.path.exists(path):
+  if not trained:
     return
-  with open(path, encoding='utf-8') as f:
-    recorded = json.load(f).get('class_names')
+  recorded = files.read_record(path).get('class_names')
   if recorded is not None and list(recorded) != list(class_names):
     raise ValueError(
         f'{workdir} was trained on classes {", ".join(recorded) or "(none)"} ({path}), but this '

@@ -3,6 +3,7 @@ rows, and every config or data check before the first step (none of these tests 
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -108,6 +109,24 @@ def test_what_the_weights_mean_must_match_their_record_to_resume_draw_or_evaluat
   assert _records(workdir) == before
   assert not os.path.exists(os.path.join(workdir, 'samples'))
   assert not os.path.exists(os.path.join(workdir, 'eval'))
+
+
+@pytest.mark.parametrize('name', ['config.json', 'data.json'])
+def test_a_damaged_record_is_refused_by_name_not_read_as_empty(tmp_path, data_dir, name):
+  """Read as {}, a truncated config.json let another schedule resume the weights unchecked, and
+  then was overwritten; an empty data.json raised json's own traceback."""
+  config = tiny_config(data_dir, **{'train.steps': 10})
+  workdir = _trained_workdir(tmp_path)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f)
+  path = os.path.join(workdir, name)
+  damaged = open(path).read()[:20]
+  with open(path, 'w') as f:
+    f.write(damaged)
+  before = _records(workdir)
+  with pytest.raises(ValueError, match=re.escape(path) + ' cannot be read .*Restore the file'):
+    train.run(config, workdir)
+  assert _records(workdir) == before
 
 
 def test_train_steps_below_the_checkpoint_is_refused(tmp_path, data_dir):

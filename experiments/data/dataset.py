@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from experiments.data import tfds_builder
-from experiments.runtime import hosts
+from experiments.runtime import files, hosts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,10 +171,7 @@ def check_trained_on(workdir: str, train: SpriteData, purpose: str) -> None:
   would let held-out sprites be ones the model learnt, or resume on other sprites. Workdirs
   trained before the record are not checked."""
   path = os.path.join(workdir, 'data.json')
-  if not os.path.exists(path):
-    return
-  with open(path, encoding='utf-8') as f:
-    recorded = json.load(f)
+  recorded = files.read_record(path)
   if recorded.get('train_digest') in (None, digest(train)):
     return
   then, now = recorded.get('dataset_version'), str(tfds_builder.Sprites.VERSION)

@@ -20,6 +20,23 @@ def read_json(path: str) -> dict:
   return value if isinstance(value, dict) else {}
 
 
+def read_record(path: str) -> dict:
+  """A workdir's record (config.json, data.json): {} when there is none; a damaged one is an error
+  that names it, since the checks it feeds would otherwise pass without a word."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} cannot be read ({e}): the checks that keep a workdir\'s weights '
+                     'and data together need it. Restore the file, or use another --workdir. '
+                     'Nothing in the workdir was changed.') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path} holds no JSON object: restore it, or use another --workdir.')
+  return value
+
+
 def temporary(path: str) -> str:
   """Where to write `path` before renaming it into place: beside it, unique to this process (two
   processes, sweep shards say, may write one file at once) and with its extension (writers that

@@ -41,7 +41,7 @@ def _flag(key: str, value) -> str:
 def check(config, workdir: str, keys: tuple[str, ...], doing: str) -> None:
   """Raise ValueError naming each of `keys` whose value differs from the one recorded in
   `workdir`'s config.json (a key it does not record, from an older version, is not compared)."""
-  recorded = files.read_json(os.path.join(workdir, 'config.json'))
+  recorded = files.read_record(os.path.join(workdir, 'config.json'))
   differ = []
   for key in keys:
     section, name = key.split('.')
