@@ -18,7 +18,7 @@ from experiments.pictures import canvas
 from experiments.runtime import files
 
 DATA_KEY = 'sweep_data'
-COLORS = {'baseline': 'tab:orange', 'different': 'tab:red'}
+COLORS = {'baseline': 'tab:orange', 'different': 'tab:red', '': '0.5'}  # '': one seed, no verdict
 
 
 @dataclasses.dataclass
@@ -54,20 +54,23 @@ def metrics_chart(path: str, names: list, panels: list, baseline: int, title: st
   fig, axes = _grid(len(panels), 4, 3.6, 3.4)
   x = np.arange(len(names))
   for ax, panel in zip(axes, panels):
-    means, halves = np.asarray(panel.means, float), np.nan_to_num(np.asarray(panel.halves, float))
+    # A nan half-width (one seed) draws no bar and no band: 0 would read as no uncertainty.
+    means, halves = np.asarray(panel.means, float), np.asarray(panel.halves, float)
     lo, hi = means[baseline] - halves[baseline], means[baseline] + halves[baseline]
     if np.isfinite(lo):
       ax.axhspan(lo, hi, color='tab:orange', alpha=0.2, lw=0)
     for i, values in enumerate(panel.values):
       ax.plot(np.full(len(values), i) + 0.15, values, '.', color='0.55', ms=4)
     for i, versus in enumerate(panel.versus):
-      ax.errorbar(x[i], means[i], yerr=halves[i], fmt='o', capsize=4, ms=5,
+      bar = None if np.isnan(halves[i]) else halves[i]
+      ax.errorbar(x[i], means[i], yerr=bar, fmt='o', capsize=4, ms=5,
                   color=COLORS.get(versus, 'tab:blue'))
     ax.set_title(panel.title, fontsize=10)
     ax.set_xticks(x, names, rotation=35, ha='right', fontsize=8)
     ax.grid(alpha=0.3)
   fig.suptitle(title + '\nmean and 95% interval over seeds; dots: the seeds; band: the '
-               'baseline (orange); red: told apart from it, blue: within noise', fontsize=10)
+               'baseline (orange)\nred: told apart from it, blue: within noise; gray: one seed, '
+               'no verdict', fontsize=10)
   _save(fig, path, {'names': names, 'baseline': baseline,
                     'panels': [dataclasses.asdict(p) for p in panels]})
 
