@@ -105,6 +105,17 @@ def test_what_the_weights_mean_must_match_their_record_to_resume_draw_or_evaluat
                                          'model.dtype': 'bfloat16', 'sample.steps': 9,
                                          'train.learning_rate': 1e-4, 'train.steps': 50})
   trained_with.check(how_it_runs, workdir, trained_with.DRAWING, 'drawing from it')
+  # guidance reads the null context: the record's cond_drop_rate decides, not this command's
+  unguided = config.to_dict()
+  unguided['diffusion']['cond_drop_rate'] = 0.0
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(unguided, f)
+  with pytest.raises(ValueError, match='cond_drop_rate=0 .*--config.sample.guidance=0'):
+    sample.run(tiny_config(data_dir, **{'sample.guidance': 2.0}), workdir)
+  trained_with.check(tiny_config(data_dir, **{'sample.guidance': 0.0}), workdir,
+                     trained_with.DRAWING, 'drawing from it')
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f)
   trained_with.check(config, workdir, trained_with.TRAINING, 'resuming')
   assert _records(workdir) == before
   assert not os.path.exists(os.path.join(workdir, 'samples'))

@@ -50,6 +50,7 @@ def check(config, workdir: str, keys: tuple[str, ...], doing: str) -> None:
     was, now = _plain(recorded[section][name]), _plain(config[section][name])
     if was != now:
       differ.append((key, was, now))
+  _check_null_context(config, workdir, recorded)
   if differ:
     asked = ', '.join(f'{k}={now}' for k, _, now in differ)
     trained = ', '.join(f'{k}={was}' for k, was, _ in differ)
@@ -58,3 +59,15 @@ def check(config, workdir: str, keys: tuple[str, ...], doing: str) -> None:
         f'{workdir} was trained with {trained} (its config.json), but this run asks for {asked}: '
         f'{doing} would treat its weights as something they are not. Pass {fix}, or use another '
         '--workdir. Nothing in the workdir was changed.')
+
+
+def _check_null_context(config, workdir: str, recorded: dict) -> None:
+  """Classifier-free guidance reads the null context, which diffusion.cond_drop_rate = 0 never
+  trained: the record decides, since a drawing command rarely repeats the training's settings."""
+  rate = recorded.get('diffusion', {}).get('cond_drop_rate')
+  if rate == 0 and config.sample.guidance:
+    raise ValueError(
+        f'{workdir} was trained with diffusion.cond_drop_rate=0 (its config.json), so its null '
+        f'context never trained and sample.guidance={config.sample.guidance} would read noise: '
+        'pass --config.sample.guidance=0 (autoguidance, sample.autoguidance, needs no null '
+        'context). Nothing in the workdir was changed.')
