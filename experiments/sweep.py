@@ -134,6 +134,18 @@ def describe(runs: list, pieces: list, count: int) -> str:
 BASE_FILE = 'base.json'  # the base config a sweep folder's runs were trained from
 
 
+def check_values(runs: list) -> None:
+  """Every run's settings checked before base.json is recorded or any point trains: a bad value
+  in a later point would otherwise stop the sweep after the earlier points had trained."""
+  for run in runs:
+    try:
+      from_config.validate(run.config)
+      evaluate.check_config(run.config.eval)
+    except ValueError as e:
+      point = ', '.join(f'{k}={v}' for k, v in run.overrides.items()) or 'the base config'
+      raise ValueError(f'sweep point {run.point} ({point}): {e}') from None
+
+
 def check_base(config, folder: str, record: bool) -> None:
   """Workdir and evaluation names carry only the points' overrides, so a sweep folder holds runs
   of one base config (preset and --config.* overrides): another one would read the old results
@@ -182,6 +194,7 @@ def _main():
   runs = plan.expand(config, sweep, folder)  # every override checked before any run
   shard = plan.parse_shard(_SHARD.value)
   hosts.start(config)  # the CPU device count, then (--multihost) the other processes
+  check_values(runs)
   check_base(config, folder, record=not (_DRY_RUN.value or _TABLE_ONLY.value))
   cap_all(runs)
   pieces = plan.chunks(runs, models_per_step(_MODELS.value, jax.default_backend()))

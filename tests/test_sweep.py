@@ -278,6 +278,15 @@ def test_a_diverging_member_is_left_out_and_the_others_finish(tmp_path, data_dir
   assert trained == []
 
 
+def test_a_bad_value_in_a_later_point_is_refused_before_anything_is_recorded(tmp_path, data_dir):
+  config = tiny_config(data_dir)
+  runs = plan.expand(config, plan.Sweep([{}, {'train.learning_rate': -1.0}], 1, 0), str(tmp_path))
+  with pytest.raises(ValueError, match=r'sweep point 1 \(train.learning_rate=-1.0\): '
+                     r'train.learning_rate=-1.0: must be > 0'):
+    sweep.check_values(runs)
+  sweep.check_values(runs[:1])
+
+
 def test_a_sweep_folder_refuses_another_base_config(tmp_path, data_dir):
   config = tiny_config(data_dir)
   sweep.check_base(config, str(tmp_path), record=False)
