@@ -29,7 +29,7 @@ def _check_finite(metrics: dict, step: int, mngr) -> None:
             else 'No checkpoint was saved yet, so the next run starts again from step 0')
     raise FloatingPointError(
         f'Loss is {loss} at step {step}: training diverged. {kept}; lower train.learning_rate '
-        'or set train.grad_clip, then run again.')
+        'and run again (train.grad_clip changes the optimizer state: in a new --workdir).')
 
 
 def crossed(before: int, after: int, every: int) -> bool:

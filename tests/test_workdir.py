@@ -122,6 +122,16 @@ def test_what_the_weights_mean_must_match_their_record_to_resume_draw_or_evaluat
   assert not os.path.exists(os.path.join(workdir, 'eval'))
 
 
+def test_another_optimizer_state_is_named_on_resume(tmp_path, data_dir):
+  """The divergence error used to suggest train.grad_clip, which then was refused as 'a different
+  model': the network is the same, the optimizer's state is not."""
+  workdir = str(tmp_path / 'run')
+  train.run(tiny_config(data_dir, **{'train.steps': 1, 'sample.gif': False}), workdir)
+  with pytest.raises(ValueError, match='this network, but its optimizer state has another '
+                     'structure .*train.grad_clip and train.weight_decay'):
+    train.run(tiny_config(data_dir, **{'train.steps': 2, 'train.grad_clip': 1.0}), workdir)
+
+
 @pytest.mark.parametrize('name', ['config.json', 'data.json'])
 def test_a_damaged_record_is_refused_by_name_not_read_as_empty(tmp_path, data_dir, name):
   """Read as {}, a truncated config.json let another schedule resume the weights unchecked, and

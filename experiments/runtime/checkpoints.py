@@ -79,8 +79,14 @@ def _shapes(tree) -> dict[str, tuple]:
 def check_compatible(directory, saved_tree, abstract_state) -> None:
   """Raise if `saved_tree` (a checkpoint's metadata) holds another model than `abstract_state`."""
   saved, wanted = _shapes(saved_tree), _shapes(abstract_state)
-  diffs = [f'{k}: saved {saved.get(k)} vs configured {wanted.get(k)}'
-           for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  diffs = [f'{k}: saved {saved.get(k)} vs configured {wanted.get(k)}' for k in differ]
+  if differ and all(k.startswith('opt_state') for k in differ):
+    raise ValueError(
+        f'{directory} holds checkpoints of this network, but its optimizer state has another '
+        f'structure ({len(diffs)} arrays differ, e.g. {diffs[0]}): train.grad_clip and '
+        'train.weight_decay, each on (> 0) or off, shape it. The checkpoints were left untouched; '
+        'resume with the values that trained them (config.json), or use another --workdir.')
   if diffs:
     raise ValueError(
         f'{directory} holds checkpoints of a different model than this config '
