@@ -2,8 +2,9 @@
 
 TPU pods, SLURM and Kubernetes send SIGTERM some seconds before they kill a job, and Ctrl-C sends
 SIGINT. The handler only records the signal; the training loop asks `requested()` after each
-dispatch and saves a checkpoint at the step it reached before it stops. A second signal gets the previous
-handler again (a second Ctrl-C ends the run at once), so a stuck save can still be interrupted.
+dispatch and saves a checkpoint at the step it reached before it stops. A second signal gets the
+previous handler again (a second Ctrl-C ends the run at once), so a stuck save can still be
+interrupted.
 
 With several processes the stop must happen at the same step everywhere (the save is collective):
 there JAX's preemption sync point decides (jax.distributed installs its own SIGTERM notifier), and
