@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -252,7 +253,10 @@ def test_a_stopped_group_saves_resumes_exactly_and_keeps_its_log_and_milestones(
     training.train_group([config], [workdir])
   assert sweep.latest_step(workdir) == 2  # saved where it stopped, not at ckpt_every
   monkeypatch.undo()
-  training.train_group([config], [workdir])
+  resumed = training.train_group([config], [workdir])[0]
+  straight = training.train_group([config], [str(tmp_path / 'straight')])[0]
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)  # params, EMA, Adam, step
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
   assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4], 'the resumed sweep kept its log'
   kept = checkpoints.manager(workdir, 1, create=False).all_steps()
