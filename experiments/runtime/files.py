@@ -13,11 +13,9 @@ def is_writer() -> bool:
 def read_json(path: str) -> dict:
   """The JSON object at `path`, or {} when there is none or it cannot be read."""
   try:
-    with open(path, encoding='utf-8') as f:
-      value = json.load(f)
-  except (OSError, ValueError):
+    return read_record(path)
+  except ValueError:
     return {}
-  return value if isinstance(value, dict) else {}
 
 
 def read_record(path: str) -> dict:
